@@ -1,0 +1,134 @@
+"""Argument validation shared by every public function: clear TypeError/ValueError
+messages that name the argument and what was expected."""
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def check_float_array(x, name="x"):
+    """x must be a NumPy array of float16/32/64; returns it (never copies)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    if x.dtype.type not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have a floating dtype (float16, float32 or float64), got {x.dtype}")
+    return x
+
+
+def compute_dtype(dtype):
+    """Kernels run on float32 or float64; float16 is computed in float32."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def as_kernel_input(x):
+    """C-contiguous array in the kernel dtype (copies only when needed)."""
+    return np.ascontiguousarray(x, dtype=compute_dtype(x.dtype))
+
+
+def check_eps(eps, name="eps"):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {eps}")
+    return eps
+
+
+def check_momentum(momentum):
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a real number in [0, 1] or None, got {type(momentum).__name__}")
+    momentum = float(momentum)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    return momentum
+
+
+def check_int(v, name, minimum=None):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    v = int(v)
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def normalize_axis(axis, ndim, name="axis"):
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array of {ndim} dimensions")
+    return axis % ndim
+
+
+def normalize_axes(axis, ndim, name="axis"):
+    """int or tuple of ints -> sorted tuple of distinct non-negative axes (non-empty)."""
+    if isinstance(axis, (tuple, list)):
+        axes = tuple(normalize_axis(a, ndim, name) for a in axis)
+    else:
+        axes = (normalize_axis(axis, ndim, name),)
+    if not axes:
+        raise ValueError(f"{name} must name at least one axis")
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"{name} contains repeated axes: {axis}")
+    return tuple(sorted(axes))
+
+
+def check_param(p, shape, name, xp_dtype=None):
+    """weight / bias: None or an array-like of exactly `shape` and a float dtype; returned as float64 NumPy."""
+    if p is None:
+        return None
+    if not isinstance(p, np.ndarray):
+        if isinstance(p, (list, tuple, numbers.Real)):
+            p = np.asarray(p, dtype=np.float64)
+        else:
+            raise TypeError(f"{name} must be an array or None, got {type(p).__name__}")
+    if p.dtype.kind != "f":
+        raise TypeError(f"{name} must have a floating dtype, got {p.dtype}")
+    if tuple(p.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(p.shape)}")
+    return np.asarray(p, dtype=np.float64)
+
+
+def check_out(out, shape, dtype, x):
+    """out: None or a writable array of x's shape and dtype, either x itself or not overlapping it."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array or None, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(out.shape)}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if out is not x and np.shares_memory(out, x) and not _same_view(out, x):
+        raise ValueError("out overlaps x partially; pass out=x for in-place or a separate array")
+    return out
+
+
+def _same_view(a, b):
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.strides == b.strides and a.shape == b.shape and a.dtype == b.dtype)
+
+
+def check_buffer(buf, shape, name):
+    """Running statistics buffers: writable float arrays of `shape`, updated in place."""
+    if buf is None:
+        return None
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array or None, got {type(buf).__name__}")
+    if buf.dtype.kind != "f":
+        raise TypeError(f"{name} must have a floating dtype, got {buf.dtype}")
+    if tuple(buf.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(buf.shape)}")
+    return buf
+
+
+def check_writable(buf, name):
+    if buf is not None and not buf.flags.writeable:
+        raise ValueError(f"{name} is read-only but must be updated in place")

@@ -1,0 +1,68 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Forward normalization kernels: see src_c/normalize_t.h."""
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+cnp.import_array()
+
+cdef extern from "normalize.h" nogil:
+    int nf_apply4d_f32(const float *x, const float *dy, float *y, int64_t A, int64_t B, int64_t C, int64_t D,
+                       const double *m, const double *p, const double *q, const double *r, int nt)
+    int nf_apply4d_f64(const double *x, const double *dy, double *y, int64_t A, int64_t B, int64_t C, int64_t D,
+                       const double *m, const double *p, const double *q, const double *r, int nt)
+    int nf_rows_forward_f32(const float *x, float *y, int64_t M, int64_t N, const double *w, const double *b,
+                            int64_t seg, int64_t period, double eps, int rms, double *mean, double *rstd, int nt)
+    int nf_rows_forward_f64(const double *x, double *y, int64_t M, int64_t N, const double *w, const double *b,
+                            int64_t seg, int64_t period, double eps, int rms, double *mean, double *rstd, int nt)
+
+
+cdef inline const double *_dptr(object a):
+    return NULL if a is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def apply4d(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray y, int64_t A, int64_t B, int64_t C, int64_t D,
+            cnp.ndarray m, cnp.ndarray p, cnp.ndarray q, cnp.ndarray r, int nt):
+    """y = (x - m) * p + q (+ dy * r), coefficients per (a, c) as float64 (A*C,) arrays."""
+    cdef int rc
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *pg = NULL if dy is None else cnp.PyArray_DATA(dy)
+    cdef void *py = cnp.PyArray_DATA(y)
+    cdef const double *pm = _dptr(m)
+    cdef const double *pp = _dptr(p)
+    cdef const double *pq = _dptr(q)
+    cdef const double *pr = _dptr(r)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = nf_apply4d_f32(<const float *>px, <const float *>pg, <float *>py, A, B, C, D, pm, pp, pq, pr, nt)
+    elif typenum == cnp.NPY_FLOAT64:
+        with nogil:
+            rc = nf_apply4d_f64(<const double *>px, <const double *>pg, <double *>py, A, B, C, D, pm, pp, pq, pr, nt)
+    else:
+        raise TypeError("apply4d: float32 or float64 expected")
+    if rc != 0:
+        raise MemoryError("normfast: out of memory in apply4d")
+
+
+def rows_forward(cnp.ndarray x, cnp.ndarray y, int64_t M, int64_t N, cnp.ndarray w, cnp.ndarray b,
+                 int64_t seg, int64_t period, double eps, bint rms, cnp.ndarray mean, cnp.ndarray rstd, int nt):
+    """Fused per-row statistics + normalization; mean/rstd: (M,) float64 outputs."""
+    cdef int rc
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *py = cnp.PyArray_DATA(y)
+    cdef const double *pw = _dptr(w)
+    cdef const double *pb = _dptr(b)
+    cdef double *pmean = <double *>cnp.PyArray_DATA(mean)
+    cdef double *prstd = <double *>cnp.PyArray_DATA(rstd)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = nf_rows_forward_f32(<const float *>px, <float *>py, M, N, pw, pb, seg, period, eps, rms,
+                                     pmean, prstd, nt)
+    elif typenum == cnp.NPY_FLOAT64:
+        with nogil:
+            rc = nf_rows_forward_f64(<const double *>px, <double *>py, M, N, pw, pb, seg, period, eps, rms,
+                                     pmean, prstd, nt)
+    else:
+        raise TypeError("rows_forward: float32 or float64 expected")
+    if rc != 0:
+        raise MemoryError("normfast: out of memory in rows_forward")

@@ -1,0 +1,50 @@
+"""CPU engine: the four kernel primitives every operator is written with.
+
+All arrays are C-contiguous NumPy arrays; x/dy/out are float32 or float64; every
+coefficient and statistic is float64.  The GPU engine (normfast._gpu) offers the
+same methods on CuPy arrays.
+"""
+import numpy as np
+
+from ._cpu import _backward, _moments, _normalize
+from ._threads import get_num_threads
+
+
+class CpuEngine:
+    name = "cpu"
+    xp = np
+
+    @staticmethod
+    def reduce(x, dims, kind=0, dy=None, m=None):
+        """Per (a, c) of x[A, B, C, D]: kind 0 -> (n, mean, M2); 1 -> (n, 0, sum x^2);
+        2 -> (n, sum dy, sum dy * (x - m[a, c])).  Returns a (A*C, 3) float64 array."""
+        A, B, C, D = dims
+        out = np.empty((A * C, 3), dtype=np.float64)
+        _moments.reduce4d(x, dy, m, A, B, C, D, kind, out, get_num_threads())
+        return out
+
+    @staticmethod
+    def apply(x, dims, m, p, q, out, dy=None, r=None):
+        """out[a, b, c, d] = (x - m[a, c]) * p[a, c] + q[a, c] (+ dy * r[a, c])."""
+        A, B, C, D = dims
+        _normalize.apply4d(x, dy, out, A, B, C, D, m, p, q, r, get_num_threads())
+        return out
+
+    @staticmethod
+    def rows_forward(x, M, N, w, b, seg, period, eps, rms, out):
+        """Fused per-row statistics and normalization.  Returns (mean, rstd), (M,) float64."""
+        mean = np.empty(M, dtype=np.float64)
+        rstd = np.empty(M, dtype=np.float64)
+        _normalize.rows_forward(x, out, M, N, w, b, seg, period, eps, rms, mean, rstd, get_num_threads())
+        return mean, rstd
+
+    @staticmethod
+    def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db):
+        """Row-wise (Layer/RMS) backward.  Returns (dx or None, dw or None, db or None); dw/db float64."""
+        dx = np.empty_like(x) if need_dx else None
+        dw = np.empty(N, dtype=np.float64) if need_dw else None
+        db = np.empty(N, dtype=np.float64) if need_db else None
+        if w is None:
+            w = np.ones(N, dtype=np.float64)
+        _backward.rows_backward(x, dy, M, N, mean, rstd, w, dx, dw, db, get_num_threads())
+        return dx, dw, db

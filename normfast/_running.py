@@ -1,0 +1,43 @@
+"""Running-statistics rules shared by batch_norm and instance_norm (torch semantics)."""
+import numpy as np
+
+from ._checks import check_buffer, check_momentum, check_writable
+
+
+def check_running(running_mean, running_var, C, training):
+    rm = check_buffer(running_mean, (C,), "running_mean")
+    rv = check_buffer(running_var, (C,), "running_var")
+    if training:
+        check_writable(rm, "running_mean")
+        check_writable(rv, "running_var")
+    return rm, rv
+
+
+def check_tracked(num_batches_tracked):
+    if num_batches_tracked is None:
+        return None
+    t = num_batches_tracked
+    if not isinstance(t, np.ndarray) or t.dtype.kind not in "iu" or t.size != 1:
+        raise TypeError("num_batches_tracked must be a one-element integer NumPy array (updated in place) or None")
+    check_writable(t, "num_batches_tracked")
+    return t
+
+
+def momentum_factor(momentum, num_batches_tracked):
+    """torch's exponential_average_factor: `momentum`, or 1/num_batches_tracked when momentum is None.
+    num_batches_tracked (if given) is incremented first, as torch's modules do."""
+    momentum = check_momentum(momentum)
+    t = check_tracked(num_batches_tracked)
+    if t is not None:
+        t += 1
+    if momentum is None:
+        if t is None:
+            raise ValueError("momentum=None (cumulative moving average) needs num_batches_tracked")
+        return 1.0 / float(t.reshape(-1)[0])
+    return momentum
+
+
+def update(buf, value, factor):
+    """buf <- (1 - factor) * buf + factor * value, in place, computed in float64."""
+    if buf is not None:
+        buf[...] = (1.0 - factor) * buf.astype(np.float64) + factor * value

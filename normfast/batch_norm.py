@@ -1,0 +1,59 @@
+"""batch_norm: per-channel statistics over the batch and every spatial position."""
+import numpy as np
+
+from . import _core, _running
+from ._checks import check_eps, check_float_array, check_momentum, check_out, check_param, normalize_axis
+
+
+def channel_dims(x, channel_axis, fname):
+    """(channel axis, B = prod(dims before), C, D = prod(dims after)) for x with >= 2 dims."""
+    if x.ndim < 2:
+        raise ValueError(f"{fname}: x must have at least 2 dimensions (N, C, ...), got shape {tuple(x.shape)}")
+    ca = normalize_axis(channel_axis, x.ndim, "channel_axis")
+    return ca, _core.prod(x.shape[:ca]), x.shape[ca], _core.prod(x.shape[ca + 1:])
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5, *, channel_axis=1, out=None, return_stats=False, num_batches_tracked=None):
+    """Batch normalization (as ``torch.nn.functional.batch_norm``).
+
+    x : float16/32/64 array with channels on ``channel_axis`` (1: NCHW-style, -1: channels-last),
+        any number of spatial dims.  weight, bias, running_mean, running_var : optional (C,).
+    training=True : normalize with the batch statistics and, when given, update
+        ``running_mean``/``running_var`` in place: ``r = (1 - m) * r + m * stat`` with the
+        unbiased variance for ``running_var``.  ``momentum=None`` gives the cumulative moving
+        average ``m = 1 / num_batches_tracked``: pass ``num_batches_tracked`` (a one-element
+        int64 array, incremented in place on every training call, like torch's module buffer).
+    training=False : normalize with the running statistics (required).
+    return_stats : also return ``mean`` and ``rstd`` (float64, (C,)) actually used.
+    """
+    x = check_float_array(x)
+    ca, B, C, D = channel_dims(x, channel_axis, "batch_norm")
+    w = check_param(weight, (C,), "weight")
+    b = check_param(bias, (C,), "bias")
+    eps = check_eps(eps)
+    check_momentum(momentum)
+    rm, rv = _running.check_running(running_mean, running_var, C, training)
+    out = check_out(out, x.shape, x.dtype, x)
+    dims = (1, B, C, D)
+    if training:
+        n_per = B * D
+        if n_per <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        xk = _core.as_kernel_input(x)
+        n, mean, m2 = _core.moments4d(xk, dims)
+        rstd = _core.rstd_from(m2, n, eps)
+        if rm is not None or rv is not None or num_batches_tracked is not None:
+            f = _running.momentum_factor(momentum, num_batches_tracked)
+            _running.update(rm, mean, f)
+            _running.update(rv, m2 / (n - 1), f)
+    else:
+        if rm is None or rv is None:
+            raise ValueError("running_mean and running_var must be given when training=False")
+        xk = _core.as_kernel_input(x)
+        mean = rm.astype(np.float64)
+        rstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+    y = _core.target(out, xk)
+    _core.apply_affine(xk, y, dims, mean, rstd, w, b)
+    y = _core.finish(out, x.dtype, y)
+    return (y, mean, rstd) if return_stats else y

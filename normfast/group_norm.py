@@ -1,0 +1,48 @@
+"""group_norm: statistics per (sample, group of channels) over the group's channels and positions."""
+import numpy as np
+
+from . import _core
+from ._checks import check_eps, check_float_array, check_int, check_out, check_param
+from .batch_norm import channel_dims
+
+
+def sample_channel_dims(x, channel_axis, fname):
+    """(N, pre, C, post) for a batch on axis 0 and channels on ``channel_axis`` (>= 1)."""
+    ca, _, C, post = channel_dims(x, channel_axis, fname)
+    if ca == 0:
+        raise ValueError(f"{fname}: channel_axis must not be the batch axis 0")
+    return x.shape[0], _core.prod(x.shape[1:ca]), C, post
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None, return_stats=False):
+    """Group normalization (as ``torch.nn.functional.group_norm``).
+
+    x : (N, C, *spatial) with ``channel_axis=1`` or (N, *spatial, C) with ``channel_axis=-1``.
+    num_groups : divides C.  weight, bias : optional (C,).
+    Returns ``y`` or ``(y, mean, rstd)`` with float64 stats of shape (N, num_groups).
+    Channels-first input is normalized row by row in one fused pass; channels-last
+    input without a transposing copy.
+    """
+    x = check_float_array(x)
+    N, pre, C, post = sample_channel_dims(x, channel_axis, "group_norm")
+    G = check_int(num_groups, "num_groups", 1)
+    if C % G:
+        raise ValueError(f"num_groups={G} must divide the number of channels C={C}")
+    Cg = C // G
+    w = check_param(weight, (C,), "weight")
+    b = check_param(bias, (C,), "bias")
+    eps = check_eps(eps)
+    out = check_out(out, x.shape, x.dtype, x)
+    xk = _core.as_kernel_input(x)
+    y = _core.target(out, xk)
+    if pre == 1:
+        mean, rstd = _core.rows(xk, y, N * G, Cg * post, w, b, eps, seg=max(post, 1), period=G)
+    else:
+        n, mean, m2 = _core.moments4d(xk, (N, pre, G, Cg * post))
+        rstd = _core.rstd_from(m2, n, eps)
+        mean = np.where(n == 0, np.nan, mean)
+        mc, rc = np.repeat(mean, Cg), np.repeat(rstd, Cg)      # per (n, c)
+        _core.apply_affine(xk, y, (N, pre, C, post), mc, rc, None if w is None else np.tile(w, N),
+                           None if b is None else np.tile(b, N))
+    y = _core.finish(out, x.dtype, y)
+    return (y, mean.reshape(N, G), rstd.reshape(N, G)) if return_stats else y

@@ -1,0 +1,53 @@
+"""instance_norm: statistics per (sample, channel) over the spatial positions."""
+import numpy as np
+
+from . import _core, _running
+from ._checks import check_eps, check_float_array, check_momentum, check_out, check_param
+from .group_norm import sample_channel_dims
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, return_stats=False):
+    """Instance normalization (as ``torch.nn.functional.instance_norm``).
+
+    x : (N, C, *spatial) with ``channel_axis=1`` or (N, *spatial, C) with ``channel_axis=-1``.
+    use_input_stats=True : per-(n, c) statistics; when given, ``running_mean``/``running_var``
+        (C,) are updated in place with the batch average of the instance means and unbiased
+        variances (torch's rule).  False : normalize with the running statistics.
+    Returns ``y`` or ``(y, mean, rstd)`` with float64 stats of shape (N, C).
+    """
+    x = check_float_array(x)
+    N, pre, C, post = sample_channel_dims(x, channel_axis, "instance_norm")
+    w = check_param(weight, (C,), "weight")
+    b = check_param(bias, (C,), "bias")
+    eps = check_eps(eps)
+    check_momentum(momentum)
+    rm, rv = _running.check_running(running_mean, running_var, C, use_input_stats)
+    out = check_out(out, x.shape, x.dtype, x)
+    xk = _core.as_kernel_input(x)
+    y = _core.target(out, xk)
+    dims = (N, pre, C, post)
+    wt = None if w is None else np.tile(w, N)
+    bt = None if b is None else np.tile(b, N)
+    if use_input_stats:
+        if pre * post <= 1:
+            raise ValueError(f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}")
+        track = rm is not None or rv is not None
+        if pre == 1 and not track:
+            mean, rstd = _core.rows(xk, y, N * C, post, w, b, eps, seg=post, period=C)
+        else:
+            n, mean, m2 = _core.moments4d(xk, dims)
+            rstd = _core.rstd_from(m2, n, eps)
+            _core.apply_affine(xk, y, dims, mean, rstd, wt, bt)
+        if track:
+            f = _running.momentum_factor(momentum, None)
+            _running.update(rm, mean.reshape(N, C).mean(axis=0), f)
+            _running.update(rv, (m2 / (n - 1)).reshape(N, C).mean(axis=0), f)
+    else:
+        if rm is None or rv is None:
+            raise ValueError("running_mean and running_var must be given when use_input_stats=False")
+        mean = np.tile(rm.astype(np.float64), N)
+        rstd = np.tile(1.0 / np.sqrt(rv.astype(np.float64) + eps), N)
+        _core.apply_affine(xk, y, dims, mean, rstd, wt, bt)
+    y = _core.finish(out, x.dtype, y)
+    return (y, mean.reshape(N, C), rstd.reshape(N, C)) if return_stats else y

@@ -1,0 +1,39 @@
+"""layer_norm: normalization over the trailing ``normalized_shape`` dimensions."""
+import numbers
+
+from . import _core
+from ._checks import check_eps, check_float_array, check_out, check_param
+
+
+def normalized_axes(x, normalized_shape, fname):
+    """Trailing axes named by ``normalized_shape`` (int or sequence of ints), checked against x."""
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        normalized_shape = (int(normalized_shape),)
+    try:
+        shape = tuple(int(s) for s in normalized_shape)
+    except TypeError:
+        raise TypeError(f"{fname}: normalized_shape must be an int or a sequence of ints, "
+                        f"got {type(normalized_shape).__name__}") from None
+    k = len(shape)
+    if k == 0 or k > x.ndim or tuple(x.shape[x.ndim - k:]) != shape:
+        raise ValueError(f"{fname}: normalized_shape {shape} must match the trailing dimensions of x "
+                         f"with shape {tuple(x.shape)}")
+    return shape, tuple(range(x.ndim - k, x.ndim))
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+    """Layer normalization over the trailing ``normalized_shape`` dims (as ``torch.nn.functional.layer_norm``).
+
+    x : float16/32/64 array (..., *normalized_shape); weight, bias : optional, shape ``normalized_shape``.
+    Returns ``y`` (x's shape and dtype) or, with ``return_stats``, ``(y, mean, rstd)`` where
+    mean/rstd are float64 of shape ``x.shape[:-len(normalized_shape)]`` and
+    ``rstd = 1/sqrt(var + eps)`` with the biased variance.  One fused pass per row.
+    """
+    x = check_float_array(x)
+    shape, axes = normalized_axes(x, normalized_shape, "layer_norm")
+    w = check_param(weight, shape, "weight")
+    b = check_param(bias, shape, "bias")
+    eps = check_eps(eps)
+    out = check_out(out, x.shape, x.dtype, x)
+    y, mean, rstd = _core.normalize_along(x, axes, w, b, eps, out)
+    return (y, mean, rstd) if return_stats else y

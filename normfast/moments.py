@@ -1,0 +1,108 @@
+"""moments / Moments: single-pass, mergeable mean and variance (count, mean, M2)."""
+import numpy as np
+
+from . import _core
+from ._checks import check_float_array, check_int, normalize_axes
+
+
+def _count_mean_m2(x, axis):
+    """(count, mean, M2) of x over `axis` (None = all); float64, mean/M2 shaped as the kept axes."""
+    x = check_float_array(x)
+    axes = tuple(range(x.ndim)) if axis is None else normalize_axes(axis, x.ndim)
+    kept = [i for i in range(x.ndim) if i not in axes]
+    stat_shape = tuple(x.shape[i] for i in kept)
+    xk = _core.as_kernel_input(x)
+    dims = _core.plan4d(x.shape, set(axes))
+    if dims is None:
+        xk = np.ascontiguousarray(xk.transpose(kept + list(axes)))
+        dims = (_core.prod(stat_shape), 1, 1, _core.prod(x.shape[i] for i in axes))
+    n, mean, m2 = _core.moments4d(xk, dims)
+    count = _core.prod(x.shape[i] for i in axes)
+    mean = np.where(n == 0, np.nan, mean)
+    return count, mean.reshape(stat_shape), m2.reshape(stat_shape), axes
+
+
+def moments(x, axis=None, *, correction=0, keepdims=False, return_count=False):
+    """Mean and variance of ``x`` over ``axis`` in one pass over memory.
+
+    Parameters
+    ----------
+    x : float16/32/64 array.  axis : None (all), int or tuple of ints.
+    correction : degrees of freedom removed from the count (0: biased, 1: unbiased), like
+        ``numpy.var(ddof=)`` / ``torch.var(correction=)``.
+    Returns ``(mean, var)`` (``(mean, var, count)`` with ``return_count``), in float64 for
+    float64 input and float32 otherwise (accumulation is always float64).  Empty reductions
+    give NaN.
+    """
+    correction = check_int(correction, "correction", 0)
+    count, mean, m2, axes = _count_mean_m2(x, axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = m2 / (count - correction) if count - correction > 0 else np.full_like(m2, np.nan)
+    if keepdims:
+        shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
+        mean, var = mean.reshape(shape), var.reshape(shape)
+    dt = np.float64 if x.dtype == np.float64 else np.float32
+    mean, var = np.asarray(mean, dtype=dt), np.asarray(var, dtype=dt)
+    return (mean, var, count) if return_count else (mean, var)
+
+
+class Moments:
+    """Mergeable running statistics (count, mean, M2) in float64.
+
+    ``update(x, axis=0)`` folds a batch in; ``merge(other)`` combines two states with Chan's
+    formula (unequal counts allowed); both are exact rearrangements, so statistics computed
+    on shards (threads, processes, machines) and merged equal the statistics of the whole.
+    Pickles to its three arrays.
+    """
+
+    __slots__ = ("count", "mean", "m2")
+
+    def __init__(self, count=0, mean=0.0, m2=0.0):
+        self.count = np.asarray(count, dtype=np.float64)
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.m2 = np.asarray(m2, dtype=np.float64)
+
+    @classmethod
+    def from_array(cls, x, axis=0):
+        count, mean, m2, _ = _count_mean_m2(x, axis)
+        return cls(count, mean, m2)
+
+    def update(self, x, axis=0):
+        """Fold the batch ``x`` (reduced over ``axis``) into the state; returns self."""
+        return self.merge(Moments.from_array(x, axis))
+
+    def merge(self, other):
+        """Chan's merge of ``other`` into self (in place); returns self."""
+        if not isinstance(other, Moments):
+            raise TypeError(f"merge: other must be a Moments, got {type(other).__name__}")
+        na, nb = self.count, other.count
+        n = na + nb
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fb = np.where(n > 0, nb / np.where(n > 0, n, 1), 0.0)
+            d = other.mean - self.mean
+            mean = np.where(nb == 0, self.mean, np.where(na == 0, other.mean, self.mean + d * fb))
+            m2 = np.where(nb == 0, self.m2, np.where(na == 0, other.m2, self.m2 + other.m2 + d * d * na * fb))
+        self.count, self.mean, self.m2 = n, mean, m2
+        return self
+
+    @staticmethod
+    def reduce(states):
+        """Merge a sequence of Moments in order into a new one."""
+        r = Moments()
+        for s in states:
+            r.merge(s)
+        return r
+
+    def var(self, correction=0):
+        correction = check_int(correction, "correction", 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.count - correction > 0, self.m2 / (self.count - correction), np.nan)
+
+    def std(self, correction=0):
+        return np.sqrt(self.var(correction))
+
+    def __reduce__(self):
+        return (Moments, (self.count, self.mean, self.m2))
+
+    def __repr__(self):
+        return f"Moments(count={self.count!r}, mean={self.mean!r}, m2={self.m2!r})"

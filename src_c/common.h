@@ -1,0 +1,81 @@
+/* normfast: shared definitions for the C kernels.
+ *
+ * NB: About the algorithm chosen (read once, applies to every kernel)
+ * - Statistics: a reduction is cut into chunks whose boundaries depend only on
+ *   the shape (NF_CHUNK elements, or NF_MIN_ROWS rows in column mode), never on
+ *   the thread count.  Inside a chunk we accumulate shifted sums
+ *   S1 = sum(x - k), S2 = sum((x - k)^2) in float64, one accumulator per SIMD
+ *   lane (NF_LANES), where the shift k is the chunk's first value: for float32
+ *   input x - k is exact in float64 and the shift removes the cancellation of
+ *   S2 - S1^2/n.  Each chunk becomes (n, mean, M2) and chunks are merged in a
+ *   fixed order with Chan's formula.  Result: single pass, mergeable, bitwise
+ *   identical for any thread count.
+ * - Normalization: y = (x - mean) * (rstd * w) + b is evaluated in float64 and
+ *   rounded once to the output type, so the mean keeps all its bits (no
+ *   pre-folded shift c = b - mean * a, which cancels catastrophically).
+ * - SIMD: the leaf loops are plain C written lane-wise (no reassociation
+ *   needed) and compiled several times with GCC target_clones (AVX-512,
+ *   AVX2, baseline), picked at load time.  -ffp-contract=off keeps every clone
+ *   bitwise equal.
+ * - Threads: OpenMP with a serial threshold NF_PAR_MIN elements; below it a
+ *   call runs on the calling thread (no pool wake-up for small problems).
+ */
+#ifndef NF_COMMON_H
+#define NF_COMMON_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(NF_NO_CLONES) && !defined(__SANITIZE_ADDRESS__)
+#define NF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define NF_CLONES
+#endif
+
+#define NF_LANES 16           /* float64 accumulators per leaf loop: 2 zmm / 4 ymm */
+#define NF_CHUNK 8192         /* elements per statistics chunk (row mode) */
+#define NF_MIN_ROWS 64        /* minimum rows per chunk (column mode) */
+#define NF_PAR_MIN 65536      /* below this many elements a call stays serial */
+
+typedef struct { double n, mean, m2; } nf_mom;
+
+/* Chan et al. merge of two partial moments (unequal counts allowed). */
+static inline void nf_mom_merge(nf_mom *a, nf_mom b)
+{
+    if (b.n == 0) return;
+    if (a->n == 0) { *a = b; return; }
+    double n = a->n + b.n, d = b.mean - a->mean;
+    a->mean += d * (b.n / n);
+    a->m2 += b.m2 + d * d * (a->n / n * b.n);
+    a->n = n;
+}
+
+/* Lanes -> (n, mean, M2).  rms: the shift is 0 and M2 holds sum(x^2), so that
+ * merging (n, 0, sum x^2) with Chan's formula is a plain sum. */
+static inline nf_mom nf_lanes_finish(const double *s1, const double *s2, double n, double k, int rms)
+{
+    double a = 0.0, b = 0.0;
+    for (int j = 0; j < NF_LANES; ++j) { a += s1[j]; b += s2[j]; }
+    nf_mom r;
+    r.n = n;
+    if (n == 0) { r.mean = 0.0; r.m2 = 0.0; return r; }
+    if (rms) { r.mean = 0.0; r.m2 = b; return r; }
+    r.mean = k + a / n;
+    r.m2 = b - a * (a / n);
+    if (r.m2 < 0) r.m2 = 0.0;   /* keeps NaN */
+    return r;
+}
+
+static inline int nf_threads(int nt, int64_t work)
+{
+    return (nt > 1 && work >= NF_PAR_MIN) ? nt : 1;
+}
+
+static inline int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+#endif

@@ -1,0 +1,118 @@
+/* Forward normalization kernels, included by normalize.h once per element type.
+ *
+ * apply4d: out[a][b][c][d] = (x - m[a,c]) * p[a,c] + q[a,c] (+ dy * r[a,c])
+ *   with per-(a, c) float64 coefficients: the forward (p = rstd * w, q = b) and
+ *   the channel-wise backward (dx = (x - m) * beta + gamma + dy * alpha) share it.
+ * rows_forward: fused per-row statistics + normalization while the row is in cache
+ *   (LayerNorm, RMSNorm, and GroupNorm/InstanceNorm on channels-first input).
+ */
+
+/* Scalar math: y[i] = (x[i] - m) * p + q */
+NF_CLONES static void NF_S(nf_seg_apply)(const NF_T *restrict x, NF_T *restrict y, int64_t n,
+                                         double m, double p, double q)
+{
+    for (int64_t i = 0; i < n; ++i) y[i] = (NF_T)(((double)x[i] - m) * p + q);
+}
+
+/* Scalar math: y[i] = (x[i] - m) * p + q + dy[i] * r */
+NF_CLONES static void NF_S(nf_seg_apply_dy)(const NF_T *restrict x, const NF_T *restrict dy, NF_T *restrict y,
+                                            int64_t n, double m, double p, double q, double r)
+{
+    for (int64_t i = 0; i < n; ++i) y[i] = (NF_T)(((double)x[i] - m) * p + q + (double)dy[i] * r);
+}
+
+/* Scalar math: y[i] = (x[i] - m) * rstd * w[i] + b[i]   (w, b float64 vectors) */
+NF_CLONES static void NF_S(nf_seg_apply_wb)(const NF_T *restrict x, NF_T *restrict y, int64_t n, double m,
+                                            double rstd, const double *restrict w, const double *restrict b)
+{
+    for (int64_t i = 0; i < n; ++i) y[i] = (NF_T)((((double)x[i] - m) * rstd) * w[i] + b[i]);
+}
+
+/* Column mode: Scalar math: y[r][l] = (x[r][l] - m[l]) * p[l] + q[l] (+ dy[r][l] * s[l]) */
+NF_CLONES static void NF_S(nf_col_apply)(const NF_T *restrict x, const NF_T *restrict dy, NF_T *restrict y,
+                                         int64_t rows, int64_t L, const double *restrict m,
+                                         const double *restrict p, const double *restrict q,
+                                         const double *restrict s)
+{
+    for (int64_t r = 0; r < rows; ++r) {
+        const NF_T *restrict xr = x + r * L;
+        NF_T *restrict yr = y + r * L;
+        if (dy) {
+            const NF_T *restrict gr = dy + r * L;
+            for (int64_t l = 0; l < L; ++l) yr[l] = (NF_T)(((double)xr[l] - m[l]) * p[l] + q[l] + (double)gr[l] * s[l]);
+        } else {
+            for (int64_t l = 0; l < L; ++l) yr[l] = (NF_T)(((double)xr[l] - m[l]) * p[l] + q[l]);
+        }
+    }
+}
+
+/* y may alias x (in place).  dy/r may be NULL.  Coefficients: A*C float64 each. */
+static int NF_S(nf_apply4d)(const NF_T *x, const NF_T *dy, NF_T *y, int64_t A, int64_t B, int64_t C, int64_t D,
+                            const double *m, const double *p, const double *q, const double *r, int nt)
+{
+    const int64_t L = C * D, total = A * B * L;
+    if (total == 0) return 0;
+    const int nth = nf_threads(nt, total);
+    if (D >= NF_ROW_MIN) {
+        /* one unit per NF_CHUNK piece of a contiguous segment x[a][b][c][:] */
+        const int64_t P = nf_cdiv(D, NF_CHUNK), U = A * B * C * P;
+        #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
+        for (int64_t u = 0; u < U; ++u) {
+            const int64_t g = u / P, c = g % C, a = g / (B * C), s = a * C + c;
+            const int64_t o = g * D + (u % P) * NF_CHUNK, n = g * D + D - o < NF_CHUNK ? g * D + D - o : NF_CHUNK;
+            if (dy) NF_S(nf_seg_apply_dy)(x + o, dy + o, y + o, n, m[s], p[s], q[s], r[s]);
+            else NF_S(nf_seg_apply)(x + o, y + o, n, m[s], p[s], q[s]);
+        }
+        return 0;
+    }
+    /* Column mode: expand coefficients to L lanes per a, then blocks of rows. */
+    double *coef = (double *)malloc((size_t)(4 * A * L) * sizeof(double));
+    if (!coef) return -1;
+    for (int64_t a = 0; a < A; ++a)
+        for (int64_t l = 0; l < L; ++l) {
+            const int64_t s = a * C + l / D, o = a * L + l;
+            coef[o] = m[s]; coef[A * L + o] = p[s]; coef[2 * A * L + o] = q[s];
+            coef[3 * A * L + o] = r ? r[s] : 0.0;
+        }
+    int64_t R = NF_CHUNK / L; if (R < 1) R = 1;
+    const int64_t K = nf_cdiv(B, R), U = A * K;
+    #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
+    for (int64_t u = 0; u < U; ++u) {
+        const int64_t a = u / K, b0 = (u % K) * R, b1 = b0 + R < B ? b0 + R : B, o = (a * B + b0) * L;
+        NF_S(nf_col_apply)(x + o, dy ? dy + o : NULL, y + o, b1 - b0, L, coef + a * L, coef + A * L + a * L,
+                           coef + 2 * A * L + a * L, coef + 3 * A * L + a * L);
+    }
+    free(coef);
+    return 0;
+}
+
+/* Fused rows: for each row i of N values, statistics then normalization.
+ * Affine: w/b float64 of length period * (N / seg); the row i uses the block
+ * (i % period) and value j uses entry j / seg of it (seg = 1: LayerNorm; seg = HxW:
+ * GroupNorm / InstanceNorm on channels-first input).  w == NULL: no affine.
+ * mean/rstd: M float64 each (mean = 0 for rms). */
+static int NF_S(nf_rows_forward)(const NF_T *x, NF_T *y, int64_t M, int64_t N, const double *w, const double *b,
+                                 int64_t seg, int64_t period, double eps, int rms, double *mean, double *rstd,
+                                 int nt)
+{
+    if (M == 0) return 0;
+    const int nth = nf_threads(nt, M * N);
+    const int64_t nseg = seg > 0 ? N / seg : 0;
+    #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
+    for (int64_t i = 0; i < M; ++i) {
+        const NF_T *xr = x + i * N;
+        NF_T *yr = y + i * N;
+        nf_mom mo = NF_S(nf_row_moments)(xr, N, rms);
+        double var = N > 0 ? mo.m2 / (double)N : NAN;
+        double rs = 1.0 / sqrt(var + eps);
+        mean[i] = mo.mean; rstd[i] = rs;
+        if (!w) NF_S(nf_seg_apply)(xr, yr, N, mo.mean, rs, 0.0);
+        else if (seg == 1) NF_S(nf_seg_apply_wb)(xr, yr, N, mo.mean, rs, w + (i % period) * N, b + (i % period) * N);
+        else {
+            const double *wi = w + (i % period) * nseg, *bi = b + (i % period) * nseg;
+            for (int64_t j = 0; j < nseg; ++j)
+                NF_S(nf_seg_apply)(xr + j * seg, yr + j * seg, seg, mo.mean, rs * wi[j], bi[j]);
+        }
+    }
+    return 0;
+}
