@@ -5,17 +5,18 @@ single-pass mergeable mean/variance statistics under them.  Names and argument o
 follow ``torch.nn.functional``.
 """
 from ._threads import get_num_threads, set_num_threads
-from .batch_norm import batch_norm
-from .group_norm import group_norm
-from .instance_norm import instance_norm
-from .layer_norm import layer_norm
+from .batch_norm import batch_norm, batch_norm_backward
+from .group_norm import group_norm, group_norm_backward
+from .instance_norm import instance_norm, instance_norm_backward
+from .layer_norm import layer_norm, layer_norm_backward
 from .moments import Moments, moments
 from .normalize import normalize
-from .rms_norm import rms_norm
+from .rms_norm import rms_norm, rms_norm_backward
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Moments", "batch_norm", "get_num_threads", "group_norm", "instance_norm", "layer_norm", "moments",
+    "Moments", "batch_norm", "batch_norm_backward", "group_norm_backward", "instance_norm_backward",
+    "layer_norm_backward", "rms_norm_backward", "get_num_threads", "group_norm", "instance_norm", "layer_norm", "moments",
     "normalize", "rms_norm", "set_num_threads",
 ]

@@ -131,3 +131,93 @@ def normalize_along(x, axes, w, b, eps, out, rms=False):
         y.transpose(perm)[...] = yt
     y = finish(out, x.dtype, y)
     return y, mean.reshape(stat_shape), rstd.reshape(stat_shape)
+
+
+def rows_backward(dy, x, M, N, mean, rstd, w, needs):
+    """Row-wise backward (Layer/RMS).  needs = (dx, dw, db).  Returns float64 dw/db."""
+    xk = as_kernel_input(x)
+    dyk = np.ascontiguousarray(dy, dtype=xk.dtype)
+    mean = None if mean is None else np.ascontiguousarray(mean, dtype=np.float64).reshape(-1)
+    rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
+    return ENGINE.rows_backward(xk, dyk, M, N, mean, rstd, w, *needs)
+
+
+def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs):
+    """Backward of a per-channel-affine norm on x[A, B, C, D] (channel c, sample a).
+
+    mean/rstd: float64 per (a, c) (group statistics repeated over the group's channels);
+    w: float64 (C,) or None; group: channels per statistic (GroupNorm) or 1.
+    With xh = (x - mean) * rstd, g = w * dy and n values per statistic:
+      dx = rstd * (g - sum(g) / n - xh * sum(g * xh) / n)     (training)
+      dx = rstd * g                                             (statistics constant)
+    evaluated as dx = dy * alpha + (x - mean) * beta + gamma with per-(a, c) coefficients.
+    Returns (dx, dw, db) with dw/db float64 (C,) (None where not needed)."""
+    A, B, C, D = dims
+    xk = as_kernel_input(x)
+    dyk = np.ascontiguousarray(dy, dtype=xk.dtype)
+    mean = np.ascontiguousarray(mean, dtype=np.float64).reshape(-1)
+    rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
+    need_dx, need_dw, need_db = needs
+    wc = np.ones(C) if w is None else w
+    r = ENGINE.reduce(xk, dims, 2, dyk, mean)
+    sdy = r[:, 1].reshape(A, C)
+    sxh = (r[:, 2] * rstd).reshape(A, C)                   # sum(dy * xh) per (a, c)
+    dw = sxh.sum(axis=0) if need_dw else None
+    db = sdy.sum(axis=0) if need_db else None
+    dx = None
+    if need_dx:
+        rs = rstd.reshape(A, C)
+        alpha = rs * wc
+        if training:
+            n = float(B * D * group)
+            G = C // group
+            s1 = (sdy * wc).reshape(A, G, group).sum(axis=2)
+            s2 = (sxh * wc).reshape(A, G, group).sum(axis=2)
+            s1, s2 = np.repeat(s1, group, axis=1), np.repeat(s2, group, axis=1)
+            beta, gamma = -rs * rs * s2 / n, -rs * s1 / n
+        else:
+            beta = gamma = np.zeros_like(alpha)
+        dx = np.empty_like(xk)
+        ENGINE.apply(xk, dims, mean, np.ascontiguousarray(beta.reshape(-1)), np.ascontiguousarray(gamma.reshape(-1)),
+                     dx, dyk, np.ascontiguousarray(alpha.reshape(-1)))
+        if dx.dtype != x.dtype:
+            dx = dx.astype(x.dtype)
+    return dx, dw, db
+
+
+def check_needs(needs, k, fname):
+    try:
+        t = tuple(bool(v) for v in needs)
+    except TypeError:
+        raise TypeError(f"{fname}: needs_input_grad must be a tuple of {k} bools") from None
+    if len(t) != k:
+        raise ValueError(f"{fname}: needs_input_grad must have {k} entries, got {len(t)}")
+    return t
+
+
+def grad_cast(g, x, weight):
+    """Parameter gradients come back in the weight's dtype (x's dtype without a weight array)."""
+    if g is None:
+        return None
+    dt = weight.dtype if isinstance(weight, np.ndarray) and weight.dtype.kind == "f" else x.dtype
+    return g.astype(dt)
+
+
+def check_grad_out(grad_out, x):
+    from ._checks import check_float_array
+    grad_out = check_float_array(grad_out, "grad_out")
+    if grad_out.shape != x.shape:
+        raise ValueError(f"grad_out must have x's shape {tuple(x.shape)}, got {tuple(grad_out.shape)}")
+    return grad_out
+
+
+def check_stats(s, shape, name):
+    """mean / rstd as saved by the forward: any float array of `shape` (or its size)."""
+    if s is None:
+        raise TypeError(f"{name} is required")
+    s = np.asarray(s)
+    if s.dtype.kind != "f":
+        raise TypeError(f"{name} must have a floating dtype, got {s.dtype}")
+    if s.size != prod(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(s.shape)}")
+    return s.astype(np.float64).reshape(-1)

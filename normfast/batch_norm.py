@@ -57,3 +57,25 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     _core.apply_affine(xk, y, dims, mean, rstd, w, b)
     y = _core.finish(out, x.dtype, y)
     return (y, mean, rstd) if return_stats else y
+
+
+def batch_norm_backward(grad_out, x, mean, rstd, weight=None, training=True, *, channel_axis=1,
+                        needs_input_grad=(True, True, True)):
+    """Gradients of :func:`batch_norm`: ``(grad_x, grad_weight, grad_bias)``.
+
+    mean, rstd : (C,) as returned with ``return_stats=True`` (the batch statistics when
+    training, the running statistics otherwise).  ``training=False`` is the eval-mode
+    gradient (statistics are constants): ``grad_x = grad_out * rstd * weight``.
+    Two passes: per-channel sums of grad_out and grad_out * x_hat (float64, fixed order),
+    then grad_x.
+    """
+    x = check_float_array(x)
+    dy = _core.check_grad_out(grad_out, x)
+    _, B, C, D = channel_dims(x, channel_axis, "batch_norm_backward")
+    mean = _core.check_stats(mean, (C,), "mean")
+    rstd = _core.check_stats(rstd, (C,), "rstd")
+    w = check_param(weight, (C,), "weight")
+    nx, nw, nb = _core.check_needs(needs_input_grad, 3, "batch_norm_backward")
+    nw, nb = nw and w is not None, nb and w is not None
+    dx, dw, db = _core.channel_backward(dy, x, (1, B, C, D), mean, rstd, w, 1, bool(training), (nx, nw, nb))
+    return dx, _core.grad_cast(dw, x, weight), _core.grad_cast(db, x, weight)

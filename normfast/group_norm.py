@@ -46,3 +46,24 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
                            None if b is None else np.tile(b, N))
     y = _core.finish(out, x.dtype, y)
     return (y, mean.reshape(N, G), rstd.reshape(N, G)) if return_stats else y
+
+
+def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight=None, *, channel_axis=1,
+                        needs_input_grad=(True, True, True)):
+    """Gradients of :func:`group_norm`: ``(grad_x, grad_weight, grad_bias)``; mean/rstd (N, G)
+    as returned with ``return_stats=True``."""
+    x = check_float_array(x)
+    dy = _core.check_grad_out(grad_out, x)
+    N, pre, C, post = sample_channel_dims(x, channel_axis, "group_norm_backward")
+    G = check_int(num_groups, "num_groups", 1)
+    if C % G:
+        raise ValueError(f"num_groups={G} must divide the number of channels C={C}")
+    mean = _core.check_stats(mean, (N, G), "mean")
+    rstd = _core.check_stats(rstd, (N, G), "rstd")
+    w = check_param(weight, (C,), "weight")
+    nx, nw, nb = _core.check_needs(needs_input_grad, 3, "group_norm_backward")
+    nw, nb = nw and w is not None, nb and w is not None
+    Cg = C // G
+    dx, dw, db = _core.channel_backward(dy, x, (N, pre, C, post), np.repeat(mean, Cg), np.repeat(rstd, Cg), w, Cg,
+                                        True, (nx, nw, nb))
+    return dx, _core.grad_cast(dw, x, weight), _core.grad_cast(db, x, weight)

@@ -51,3 +51,19 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         _core.apply_affine(xk, y, dims, mean, rstd, wt, bt)
     y = _core.finish(out, x.dtype, y)
     return (y, mean.reshape(N, C), rstd.reshape(N, C)) if return_stats else y
+
+
+def instance_norm_backward(grad_out, x, mean, rstd, weight=None, *, channel_axis=1,
+                           needs_input_grad=(True, True, True)):
+    """Gradients of :func:`instance_norm` with input statistics: ``(grad_x, grad_weight,
+    grad_bias)``; mean/rstd (N, C) as returned with ``return_stats=True``."""
+    x = check_float_array(x)
+    dy = _core.check_grad_out(grad_out, x)
+    N, pre, C, post = sample_channel_dims(x, channel_axis, "instance_norm_backward")
+    mean = _core.check_stats(mean, (N, C), "mean")
+    rstd = _core.check_stats(rstd, (N, C), "rstd")
+    w = check_param(weight, (C,), "weight")
+    nx, nw, nb = _core.check_needs(needs_input_grad, 3, "instance_norm_backward")
+    nw, nb = nw and w is not None, nb and w is not None
+    dx, dw, db = _core.channel_backward(dy, x, (N, pre, C, post), mean, rstd, w, 1, True, (nx, nw, nb))
+    return dx, _core.grad_cast(dw, x, weight), _core.grad_cast(db, x, weight)

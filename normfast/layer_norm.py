@@ -37,3 +37,31 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     out = check_out(out, x.shape, x.dtype, x)
     y, mean, rstd = _core.normalize_along(x, axes, w, b, eps, out)
     return (y, mean, rstd) if return_stats else y
+
+
+def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, *,
+                        needs_input_grad=(True, True, True)):
+    """Gradients of :func:`layer_norm`: ``(grad_x, grad_weight, grad_bias)``.
+
+    mean, rstd : as returned by ``layer_norm(..., return_stats=True)`` (any float dtype).
+    A gradient not requested in ``needs_input_grad`` (or grad_weight/grad_bias when
+    ``weight`` is None) is returned as None and not computed.  Per row: one pass for the
+    two reductions (and the grad_weight/grad_bias partials), one pass for grad_x while the
+    row is in cache; reductions in float64, independent of the thread count.
+    """
+    x = check_float_array(x)
+    dy = _core.check_grad_out(grad_out, x)
+    shape, _ = normalized_axes(x, normalized_shape, "layer_norm_backward")
+    lead = x.shape[:x.ndim - len(shape)]
+    mean = _core.check_stats(mean, lead, "mean")
+    rstd = _core.check_stats(rstd, lead, "rstd")
+    w = check_param(weight, shape, "weight")
+    nx, nw, nb = _core.check_needs(needs_input_grad, 3, "layer_norm_backward")
+    nw, nb = nw and w is not None, nb and w is not None
+    M, N = _core.prod(lead), _core.prod(shape)
+    dx, dw, db = _core.rows_backward(dy, x, M, N, mean, rstd, None if w is None else w.reshape(-1), (nx, nw, nb))
+    if dx is not None:
+        dx = dx.reshape(x.shape).astype(x.dtype, copy=False)
+    dw = None if dw is None else _core.grad_cast(dw.reshape(shape), x, weight)
+    db = None if db is None else _core.grad_cast(db.reshape(shape), x, weight)
+    return dx, dw, db

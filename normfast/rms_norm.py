@@ -19,3 +19,22 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_sta
     out = check_out(out, x.shape, x.dtype, x)
     y, _, rstd = _core.normalize_along(x, axes, w, None, eps, out, rms=True)
     return (y, rstd) if return_stats else y
+
+
+def rms_norm_backward(grad_out, x, rstd, normalized_shape, weight=None, *, needs_input_grad=(True, True)):
+    """Gradients of :func:`rms_norm`: ``(grad_x, grad_weight)``; rstd as returned with
+    ``return_stats=True``.  Same fused row-wise scheme as ``layer_norm_backward``."""
+    x = check_float_array(x)
+    dy = _core.check_grad_out(grad_out, x)
+    shape, _ = normalized_axes(x, normalized_shape, "rms_norm_backward")
+    lead = x.shape[:x.ndim - len(shape)]
+    rstd = _core.check_stats(rstd, lead, "rstd")
+    w = check_param(weight, shape, "weight")
+    nx, nw = _core.check_needs(needs_input_grad, 2, "rms_norm_backward")
+    nw = nw and w is not None
+    M, N = _core.prod(lead), _core.prod(shape)
+    dx, dw, _ = _core.rows_backward(dy, x, M, N, None, rstd, None if w is None else w.reshape(-1), (nx, nw, False))
+    if dx is not None:
+        dx = dx.reshape(x.shape).astype(x.dtype, copy=False)
+    dw = None if dw is None else _core.grad_cast(dw.reshape(shape), x, weight)
+    return dx, dw
