@@ -4,6 +4,7 @@ BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm (forward and backward) an
 single-pass mergeable mean/variance statistics under them.  Names and argument order
 follow ``torch.nn.functional``.
 """
+from .add_norm import add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward
 from ._threads import get_num_threads, set_num_threads
 from .batch_norm import batch_norm, batch_norm_backward
 from .group_norm import group_norm, group_norm_backward
@@ -16,7 +17,7 @@ from .rms_norm import rms_norm, rms_norm_backward
 __version__ = "0.1.0"
 
 __all__ = [
-    "Moments", "batch_norm", "batch_norm_backward", "group_norm_backward", "instance_norm_backward",
+    "Moments", "add_layer_norm", "add_layer_norm_backward", "add_rms_norm", "add_rms_norm_backward", "batch_norm", "batch_norm_backward", "group_norm_backward", "instance_norm_backward",
     "layer_norm_backward", "rms_norm_backward", "get_num_threads", "group_norm", "instance_norm", "layer_norm", "moments",
     "normalize", "rms_norm", "set_num_threads",
 ]

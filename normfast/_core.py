@@ -133,13 +133,15 @@ def normalize_along(x, axes, w, b, eps, out, rms=False):
     return y, mean.reshape(stat_shape), rstd.reshape(stat_shape)
 
 
-def rows_backward(dy, x, M, N, mean, rstd, w, needs):
-    """Row-wise backward (Layer/RMS).  needs = (dx, dw, db).  Returns float64 dw/db."""
+def rows_backward(dy, x, M, N, mean, rstd, w, needs, gh=None):
+    """Row-wise backward (Layer/RMS).  needs = (dx, dw, db); gh (optional) is added to dx.
+    Returns float64 dw/db."""
     xk = as_kernel_input(x)
     dyk = np.ascontiguousarray(dy, dtype=xk.dtype)
+    ghk = None if gh is None else np.ascontiguousarray(gh, dtype=xk.dtype)
     mean = None if mean is None else np.ascontiguousarray(mean, dtype=np.float64).reshape(-1)
     rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
-    return ENGINE.rows_backward(xk, dyk, M, N, mean, rstd, w, *needs)
+    return ENGINE.rows_backward(xk, dyk, M, N, mean, rstd, w, *needs, gh=ghk)
 
 
 def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs):

@@ -39,12 +39,21 @@ class CpuEngine:
         return mean, rstd
 
     @staticmethod
-    def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db):
-        """Row-wise (Layer/RMS) backward.  Returns (dx or None, dw or None, db or None); dw/db float64."""
+    def rows_add_forward(x, res, h, y, M, N, w, b, eps, rms):
+        """Fused h = x + res (stored in h) and y = norm(h) per row.  Returns (mean, rstd)."""
+        mean = np.empty(M, dtype=np.float64)
+        rstd = np.empty(M, dtype=np.float64)
+        _normalize.rows_add_forward(x, res, h, y, M, N, w, b, eps, rms, mean, rstd, get_num_threads())
+        return mean, rstd
+
+    @staticmethod
+    def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db, gh=None):
+        """Row-wise (Layer/RMS) backward; gh (optional, M x N) is added to dx in the same pass.
+        Returns (dx or None, dw or None, db or None); dw/db float64."""
         dx = np.empty_like(x) if need_dx else None
         dw = np.empty(N, dtype=np.float64) if need_dw else None
         db = np.empty(N, dtype=np.float64) if need_db else None
         if w is None:
             w = np.ones(N, dtype=np.float64)
-        _backward.rows_backward(x, dy, M, N, mean, rstd, w, dx, dw, db, get_num_threads())
+        _backward.rows_backward(x, dy, gh, M, N, mean, rstd, w, dx, dw, db, get_num_threads())
         return dx, dw, db

@@ -41,19 +41,25 @@ NF_CLONES static void NF_S(nf_row_bwd_sums)(const NF_T *restrict x, const NF_T *
     acc[0] = a; acc[1] = b;
 }
 
-/* Scalar math: dx = rstd * (w * dy - c1 - (x - m) * rstd * c2) */
-NF_CLONES static void NF_S(nf_row_bwd_dx)(const NF_T *restrict x, const NF_T *restrict dy, NF_T *restrict dx,
-                                          int64_t n, double m, double rstd, const double *restrict w, double c1,
-                                          double c2)
+/* Scalar math: dx = rstd * (w * dy - c1 - (x - m) * rstd * c2)  [+ gh]  (gh: the fused
+ * residual gradient of add_layer_norm / add_rms_norm, NULL otherwise) */
+NF_CLONES static void NF_S(nf_row_bwd_dx)(const NF_T *restrict x, const NF_T *restrict dy, const NF_T *restrict gh,
+                                          NF_T *restrict dx, int64_t n, double m, double rstd,
+                                          const double *restrict w, double c1, double c2)
 {
-    for (int64_t i = 0; i < n; ++i)
-        dx[i] = (NF_T)(rstd * (w[i] * (double)dy[i] - c1 - ((double)x[i] - m) * rstd * c2));
+    if (gh)
+        for (int64_t i = 0; i < n; ++i)
+            dx[i] = (NF_T)(rstd * (w[i] * (double)dy[i] - c1 - ((double)x[i] - m) * rstd * c2) + (double)gh[i]);
+    else
+        for (int64_t i = 0; i < n; ++i)
+            dx[i] = (NF_T)(rstd * (w[i] * (double)dy[i] - c1 - ((double)x[i] - m) * rstd * c2));
 }
 
-/* x, dy: M x N.  mean (NULL for rms), rstd: M float64.  w: N float64 (ones when
+/* x, dy (gh: added to dx, or NULL): M x N.  mean (NULL for rms), rstd: M float64.  w: N float64 (ones when
  * the norm has no weight).  dx / dw / db may each be NULL (not wanted).
  * dw, db: N float64 outputs.  Returns 0, or -1 when memory runs out. */
-static int NF_S(nf_rows_backward)(const NF_T *x, const NF_T *dy, int64_t M, int64_t N, const double *mean,
+static int NF_S(nf_rows_backward)(const NF_T *x, const NF_T *dy, const NF_T *gh, int64_t M, int64_t N,
+                                  const double *mean,
                                   const double *rstd, const double *w, NF_T *dx, double *dw, double *db, int nt)
 {
     if (N == 0) return 0;
@@ -79,7 +85,7 @@ static int NF_S(nf_rows_backward)(const NF_T *x, const NF_T *dy, int64_t M, int6
             const double m = mean ? mean[i] : 0.0;
             double acc[2];
             NF_S(nf_row_bwd_sums)(xr, gr, N, m, rstd[i], w, acc, pw ? pw + blk * N : NULL, pb ? pb + blk * N : NULL);
-            if (dx) NF_S(nf_row_bwd_dx)(xr, gr, dx + i * N, N, m, rstd[i], w, mean ? acc[0] / (double)N : 0.0,
+            if (dx) NF_S(nf_row_bwd_dx)(xr, gr, gh ? gh + i * N : NULL, dx + i * N, N, m, rstd[i], w, mean ? acc[0] / (double)N : 0.0,
                                         acc[1] / (double)N);
         }
     }

@@ -116,3 +116,33 @@ static int NF_S(nf_rows_forward)(const NF_T *x, NF_T *y, int64_t M, int64_t N, c
     }
     return 0;
 }
+
+/* Scalar math: h[i] = (T)(x[i] + r[i])  (rounded to the input type, as the unfused add) */
+NF_CLONES static void NF_S(nf_seg_add)(const NF_T *x, const NF_T *r, NF_T *h, int64_t n)
+{
+    for (int64_t i = 0; i < n; ++i) h[i] = x[i] + r[i];
+}
+
+/* Fused residual add + row normalization (transformer blocks):
+ *   h = x + residual (stored), y = norm(h) with per-element affine (w/b float64 (N,) or NULL).
+ * One read of x and residual, one write of h and y: the row of h is read back from cache.
+ * h may alias residual or x, y may alias x or residual (element-wise, row by row). */
+static int NF_S(nf_rows_add_forward)(const NF_T *x, const NF_T *res, NF_T *h, NF_T *y, int64_t M, int64_t N,
+                                     const double *w, const double *b, double eps, int rms, double *mean,
+                                     double *rstd, int nt)
+{
+    if (M == 0) return 0;
+    const int nth = nf_threads(nt, M * N);
+    #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
+    for (int64_t i = 0; i < M; ++i) {
+        NF_T *hr = h + i * N;
+        NF_S(nf_seg_add)(x + i * N, res + i * N, hr, N);
+        nf_mom mo = NF_S(nf_row_moments)(hr, N, rms);
+        double var = N > 0 ? mo.m2 / (double)N : NAN;
+        double rs = 1.0 / sqrt(var + eps);
+        mean[i] = mo.mean; rstd[i] = rs;
+        if (w) NF_S(nf_seg_apply_wb)(hr, y + i * N, N, mo.mean, rs, w, b);
+        else NF_S(nf_seg_apply)(hr, y + i * N, N, mo.mean, rs, 0.0);
+    }
+    return 0;
+}

@@ -13,6 +13,12 @@ cdef extern from "normalize.h" nogil:
                             int64_t seg, int64_t period, double eps, int rms, double *mean, double *rstd, int nt)
     int nf_rows_forward_f64(const double *x, double *y, int64_t M, int64_t N, const double *w, const double *b,
                             int64_t seg, int64_t period, double eps, int rms, double *mean, double *rstd, int nt)
+    int nf_rows_add_forward_f32(const float *x, const float *res, float *h, float *y, int64_t M, int64_t N,
+                                const double *w, const double *b, double eps, int rms, double *mean, double *rstd,
+                                int nt)
+    int nf_rows_add_forward_f64(const double *x, const double *res, double *h, double *y, int64_t M, int64_t N,
+                                const double *w, const double *b, double eps, int rms, double *mean, double *rstd,
+                                int nt)
 
 
 cdef inline const double *_dptr(object a):
@@ -66,3 +72,30 @@ def rows_forward(cnp.ndarray x, cnp.ndarray y, int64_t M, int64_t N, cnp.ndarray
         raise TypeError("rows_forward: float32 or float64 expected")
     if rc != 0:
         raise MemoryError("normfast: out of memory in rows_forward")
+
+
+def rows_add_forward(cnp.ndarray x, cnp.ndarray res, cnp.ndarray h, cnp.ndarray y, int64_t M, int64_t N,
+                     cnp.ndarray w, cnp.ndarray b, double eps, bint rms, cnp.ndarray mean, cnp.ndarray rstd, int nt):
+    """Fused h = x + res; y = norm(h) per row (w/b float64 (N,) or None); mean/rstd (M,) float64 outputs."""
+    cdef int rc
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *pr = cnp.PyArray_DATA(res)
+    cdef void *ph = cnp.PyArray_DATA(h)
+    cdef void *py = cnp.PyArray_DATA(y)
+    cdef const double *pw = _dptr(w)
+    cdef const double *pb = _dptr(b)
+    cdef double *pmean = <double *>cnp.PyArray_DATA(mean)
+    cdef double *prstd = <double *>cnp.PyArray_DATA(rstd)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = nf_rows_add_forward_f32(<const float *>px, <const float *>pr, <float *>ph, <float *>py, M, N, pw, pb,
+                                         eps, rms, pmean, prstd, nt)
+    elif typenum == cnp.NPY_FLOAT64:
+        with nogil:
+            rc = nf_rows_add_forward_f64(<const double *>px, <const double *>pr, <double *>ph, <double *>py, M, N,
+                                         pw, pb, eps, rms, pmean, prstd, nt)
+    else:
+        raise TypeError("rows_add_forward: float32 or float64 expected")
+    if rc != 0:
+        raise MemoryError("normfast: out of memory in rows_add_forward")

@@ -1,0 +1,112 @@
+"""add_layer_norm / add_rms_norm: fused residual add + normalization (transformer blocks).
+
+``h = x + residual`` (rounded in the input dtype, exactly as the unfused add) is written
+once and normalized while its row is in cache: one read of x and residual, one write of
+y and h, instead of two round trips through memory.
+"""
+import numpy as np
+
+from . import _core
+from ._checks import check_eps, check_float_array, check_out, check_param
+from .layer_norm import normalized_axes
+
+
+def _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_out, rms, fname):
+    x = check_float_array(x)
+    residual = check_float_array(residual, "residual")
+    if residual.shape != x.shape or residual.dtype != x.dtype:
+        raise ValueError(f"{fname}: residual must have x's shape {tuple(x.shape)} and dtype {x.dtype}, "
+                         f"got {tuple(residual.shape)} {residual.dtype}")
+    shape, _ = normalized_axes(x, normalized_shape, fname)
+    w = check_param(weight, shape, "weight")
+    b = check_param(bias, shape, "bias")
+    out = check_out(out, x.shape, x.dtype, x)
+    if out is not None and out is not residual and np.shares_memory(out, residual) and out.shape != residual.shape:
+        raise ValueError("out overlaps residual partially")
+    if residual_out is not None:
+        if not isinstance(residual_out, np.ndarray):
+            raise TypeError(f"residual_out must be a NumPy array or None, got {type(residual_out).__name__}")
+        check_out(residual_out, x.shape, x.dtype, residual)
+        check_out(residual_out, x.shape, x.dtype, x)
+        if out is not None and residual_out is out:
+            raise ValueError("out and residual_out must be different arrays")
+    lead = x.shape[:x.ndim - len(shape)]
+    M, N = _core.prod(lead), _core.prod(shape)
+    if x.dtype == np.float16:
+        # No float16 kernel: the add is done by NumPy in float16 (same rounding), then the norm.
+        h = np.add(x, residual, out=residual_out)
+        y, mean, rstd = _core.normalize_along(h, tuple(range(x.ndim - len(shape), x.ndim)), w, b, eps, out, rms)
+        return y, h, mean, rstd
+    xk, rk = np.ascontiguousarray(x), np.ascontiguousarray(residual)
+    hk = _core.target(residual_out, xk)
+    yk = _core.target(out, xk)
+    if hk is yk:
+        yk = np.empty_like(xk)
+    wf = None if w is None else w.reshape(-1)
+    bf = None if b is None else b.reshape(-1)
+    if wf is None and bf is not None:
+        wf = np.ones_like(bf)
+    if bf is None and wf is not None:
+        bf = np.zeros_like(wf)
+    mean, rstd = _core.ENGINE.rows_add_forward(xk, rk, hk, yk, M, N, wf, bf, eps, rms)
+    if N == 0:
+        mean[:] = np.nan
+    y = _core.finish(out, x.dtype, yk)
+    h = _core.finish(residual_out, x.dtype, hk)
+    return y, h, mean.reshape(lead), rstd.reshape(lead)
+
+
+def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None,
+                   residual_out=None, return_stats=False):
+    """``h = x + residual; y = layer_norm(h)`` fused.  Returns ``(y, h)`` or, with
+    ``return_stats``, ``(y, h, mean, rstd)`` (float64, shape ``x.shape[:-len(normalized_shape)]``).
+    ``residual_out=residual`` (in place) and ``out=x`` are allowed."""
+    eps = check_eps(eps)
+    y, h, mean, rstd = _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_out, False,
+                                 "add_layer_norm")
+    return (y, h, mean, rstd) if return_stats else (y, h)
+
+
+def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=None, residual_out=None,
+                 return_stats=False):
+    """``h = x + residual; y = rms_norm(h)`` fused.  Returns ``(y, h)`` or ``(y, h, rstd)``.
+    eps=None uses the machine epsilon of x's dtype."""
+    x = check_float_array(x)
+    eps = float(np.finfo(x.dtype).eps) if eps is None else check_eps(eps)
+    y, h, _, rstd = _add_norm(x, residual, normalized_shape, weight, None, eps, out, residual_out, True,
+                              "add_rms_norm")
+    return (y, h, rstd) if return_stats else (y, h)
+
+
+def _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, rms, fname):
+    h = check_float_array(h, "h")
+    dy = _core.check_grad_out(grad_y, h)
+    if grad_h is not None:
+        grad_h = check_float_array(grad_h, "grad_h")
+        if grad_h.shape != h.shape:
+            raise ValueError(f"grad_h must have h's shape {tuple(h.shape)}, got {tuple(grad_h.shape)}")
+    shape, _ = normalized_axes(h, normalized_shape, fname)
+    lead = h.shape[:h.ndim - len(shape)]
+    mean = None if rms else _core.check_stats(mean, lead, "mean")
+    rstd = _core.check_stats(rstd, lead, "rstd")
+    w = check_param(weight, shape, "weight")
+    M, N = _core.prod(lead), _core.prod(shape)
+    needs = (True, w is not None, w is not None and not rms)
+    dx, dw, db = _core.rows_backward(dy, h, M, N, mean, rstd, None if w is None else w.reshape(-1), needs, grad_h)
+    dx = dx.reshape(h.shape).astype(h.dtype, copy=False)
+    dw = None if dw is None else _core.grad_cast(dw.reshape(shape), h, weight)
+    db = None if db is None else _core.grad_cast(db.reshape(shape), h, weight)
+    return dx, dw, db
+
+
+def add_layer_norm_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight=None):
+    """Gradients of :func:`add_layer_norm`: ``(grad_input, grad_weight, grad_bias)``.
+    ``grad_h`` (gradient reaching h from the next block, or None) is added to the norm's input
+    gradient in the same pass; ``grad_input`` is the gradient of both x and residual."""
+    return _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, False, "add_layer_norm_backward")
+
+
+def add_rms_norm_backward(grad_y, grad_h, h, rstd, normalized_shape, weight=None):
+    """Gradients of :func:`add_rms_norm`: ``(grad_input, grad_weight)``."""
+    dx, dw, _ = _add_backward(grad_y, grad_h, h, None, rstd, normalized_shape, weight, True, "add_rms_norm_backward")
+    return dx, dw
