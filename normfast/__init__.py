@@ -14,10 +14,21 @@ from .moments import Moments, moments
 from .normalize import normalize
 from .rms_norm import rms_norm, rms_norm_backward
 
+from ._dispatch import backends, dispatch as _dispatch, get_backend
+
 __version__ = "0.1.0"
+
+# Every public function picks its backend from the type of its first array argument.
+(moments, normalize, layer_norm, rms_norm, batch_norm, group_norm, instance_norm, layer_norm_backward,
+ rms_norm_backward, batch_norm_backward, group_norm_backward, instance_norm_backward, add_layer_norm,
+ add_rms_norm, add_layer_norm_backward, add_rms_norm_backward) = (
+    _dispatch(0)(f) for f in (
+        moments, normalize, layer_norm, rms_norm, batch_norm, group_norm, instance_norm, layer_norm_backward,
+        rms_norm_backward, batch_norm_backward, group_norm_backward, instance_norm_backward, add_layer_norm,
+        add_rms_norm, add_layer_norm_backward, add_rms_norm_backward))
 
 __all__ = [
     "Moments", "add_layer_norm", "add_layer_norm_backward", "add_rms_norm", "add_rms_norm_backward", "batch_norm", "batch_norm_backward", "group_norm_backward", "instance_norm_backward",
     "layer_norm_backward", "rms_norm_backward", "get_num_threads", "group_norm", "instance_norm", "layer_norm", "moments",
-    "normalize", "rms_norm", "set_num_threads",
+    "normalize", "rms_norm", "set_num_threads", "backends", "get_backend",
 ]

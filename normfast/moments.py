@@ -7,6 +7,10 @@ from ._checks import check_float_array, check_int, normalize_axes
 
 def _count_mean_m2(x, axis):
     """(count, mean, M2) of x over `axis` (None = all); float64, mean/M2 shaped as the kept axes."""
+    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+        from ._dispatch import get_backend
+        if get_backend(x) == "dlpack-cpu":
+            x = np.from_dlpack(x.detach() if hasattr(x, "detach") else x)
     x = check_float_array(x)
     axes = tuple(range(x.ndim)) if axis is None else normalize_axes(axis, x.ndim)
     kept = [i for i in range(x.ndim) if i not in axes]

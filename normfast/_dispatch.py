@@ -1,0 +1,207 @@
+"""One API for every array type.
+
+The backend is picked from the type of the first array argument:
+  numpy.ndarray                      -> CPU kernels (no conversion at all)
+  dask.array.Array                   -> normfast.dask (lazy, chunk-wise kernels)
+  cupy.ndarray / CUDA DLPack tensors -> CuPy (GPU)
+  CPU DLPack objects (torch, JAX...) -> zero-copy NumPy view (np.from_dlpack), CPU kernels,
+                                        results returned as the caller's type (zero-copy back)
+  other Array API arrays             -> portable implementation (normfast._portable)
+Other array arguments (weight, bias, running stats, out, ...) are converted the same way;
+a tensor on another device than x is rejected with TypeError, never moved silently.
+Nothing here imports torch, CuPy or Dask unless such an array arrives.
+"""
+import functools
+import sys
+
+import numpy as np
+
+_DL_CPU, _DL_CUDA = 1, 2
+
+
+def _module(obj):
+    return type(obj).__module__.split(".", 1)[0]
+
+
+def get_backend(x):
+    """The backend a call with ``x`` would use: 'numpy', 'dask', 'cupy', 'dlpack-cpu', 'array-api'."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    mod = _module(x)
+    if mod == "dask":
+        return "dask"
+    if mod == "cupy":
+        return "cupy"
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        try:
+            dev = x.__dlpack_device__()[0]
+        except Exception:
+            dev = None
+        if dev == _DL_CPU:
+            return "dlpack-cpu"
+        if dev == _DL_CUDA and "cupy" in _available_modules():
+            return "cupy"
+    if hasattr(x, "__array_namespace__"):
+        return "array-api"
+    if isinstance(x, (list, tuple)):
+        return "numpy"
+    raise TypeError(f"x must be an array (NumPy, CuPy, torch, Dask or Array API), got {type(x).__name__}")
+
+
+def _available_modules():
+    import importlib.util
+    return {m for m in ("torch", "cupy", "dask", "array_api_compat", "jax")
+            if m in sys.modules or importlib.util.find_spec(m) is not None}
+
+
+def backends():
+    """Backends available in this environment (importable; 'cupy' also needs a usable device)."""
+    found = ["numpy"]
+    mods = _available_modules()
+    if "cupy" in mods:
+        try:
+            import cupy
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                found.append("cupy")
+        except Exception:
+            pass
+    if "torch" in mods:
+        found.append("torch")
+    if "dask" in mods:
+        found.append("dask")
+    if "array_api_compat" in mods:
+        found.append("array-api")
+    return found
+
+
+def _device_of(v):
+    try:
+        return v.__dlpack_device__()[0]
+    except Exception:
+        return None
+
+
+def _to_numpy(v, name, dev):
+    """Zero-copy NumPy view of a CPU DLPack object (torch tensors are detached first)."""
+    if v is None or isinstance(v, (np.ndarray, int, float, bool, str, tuple, list, slice)):
+        return v
+    if not hasattr(v, "__dlpack__"):
+        return v
+    d = _device_of(v)
+    if d != dev:
+        raise TypeError(f"{name} is on another device than x (DLPack device {d} vs {dev}); move it first")
+    if _module(v) == "torch" and getattr(v, "requires_grad", False):
+        v = v.detach()
+    return np.from_dlpack(v)
+
+
+def _wrap_back(res, x, views):
+    """NumPy results -> the caller's array type (zero-copy through DLPack)."""
+    if isinstance(res, tuple):
+        return tuple(_wrap_back(r, x, views) for r in res)
+    if not isinstance(res, np.ndarray):
+        return res
+    for view, orig in views:
+        if res is view:
+            return orig
+    mod = _module(x)
+    if mod == "torch":
+        import torch
+        return torch.from_dlpack(res)
+    try:
+        import array_api_compat
+        xp = array_api_compat.array_namespace(x)
+        return xp.from_dlpack(res)
+    except Exception:
+        return res
+
+
+def _route_dlpack(fn, args, kwargs, x):
+    dev = _DL_CPU
+    views = []
+
+    def conv(v, name):
+        nv = _to_numpy(v, name, dev)
+        if nv is not v and isinstance(nv, np.ndarray):
+            views.append((nv, v))
+        return nv
+
+    nargs = [conv(a, f"argument {i}") for i, a in enumerate(args)]
+    nkw = {k: conv(v, k) for k, v in kwargs.items()}
+    return _wrap_back(fn(*nargs, **nkw), x, views)
+
+
+def _route_cupy(fn, args, kwargs, x):
+    if _module(x) != "cupy":                      # a CUDA DLPack tensor (e.g. torch on CUDA)
+        import cupy
+        views = []
+
+        def conv(v):
+            if v is not None and hasattr(v, "__dlpack__") and _module(v) != "cupy" and not isinstance(v, np.ndarray):
+                if _module(v) == "torch" and getattr(v, "requires_grad", False):
+                    v2 = v.detach()
+                else:
+                    v2 = v
+                c = cupy.from_dlpack(v2)
+                views.append((c, v))
+                return c
+            return v
+        res = _route_cupy(fn, [conv(a) for a in args], {k: conv(v) for k, v in kwargs.items()}, conv(x))
+        return _wrap_cuda_back(res, x, views)
+    try:
+        from ._gpu import dispatch as gpu_dispatch
+    except ImportError:
+        return _route_portable(fn, args, kwargs)
+    return gpu_dispatch.call(fn, args, kwargs, x)
+
+
+def _wrap_cuda_back(res, x, views):
+    if isinstance(res, tuple):
+        return tuple(_wrap_cuda_back(r, x, views) for r in res)
+    if _module(res) != "cupy":
+        return res
+    for view, orig in views:
+        if res is view:
+            return orig
+    import torch
+    return torch.from_dlpack(res)
+
+
+def _route_dask(fn, args, kwargs):
+    from . import dask as nf_dask
+    impl = getattr(nf_dask, fn.__name__, None)
+    if impl is None:
+        raise TypeError(f"{fn.__name__} does not accept Dask arrays; compute the array first")
+    return impl(*args, **kwargs)
+
+
+def _route_portable(fn, args, kwargs):
+    from . import _portable
+    impl = _portable.FORWARD.get(fn.__name__)
+    if impl is None:
+        raise TypeError(f"{fn.__name__}: this array type is only supported for forward operations "
+                        "(convert to NumPy, torch or CuPy for gradients)")
+    return impl(*args, **kwargs)
+
+
+def dispatch(position=0):
+    """Decorator: route by the type of the array argument at `position` (x)."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            x = args[position] if len(args) > position else kwargs.get("x", kwargs.get("h"))
+            if type(x) is np.ndarray:
+                return fn(*args, **kwargs)
+            kind = get_backend(x)
+            if kind == "numpy":
+                return fn(*args, **kwargs)
+            if kind == "dask":
+                return _route_dask(fn, args, kwargs)
+            if kind == "cupy":
+                return _route_cupy(fn, args, kwargs, x)
+            if kind == "dlpack-cpu":
+                return _route_dlpack(fn, args, kwargs, x)
+            return _route_portable(fn, args, kwargs)
+        wrapper.__wrapped__ = fn
+        return wrapper
+    return deco
