@@ -122,8 +122,8 @@ def _route_dlpack(fn, args, kwargs, x):
 
     def conv(v, name):
         nv = _to_numpy(v, name, dev)
-        if nv is not v and isinstance(nv, np.ndarray):
-            views.append((nv, v))
+        if isinstance(nv, np.ndarray):
+            views.append((nv, v))     # a caller's NumPy array (e.g. out=) comes back as itself
         return nv
 
     nargs = [conv(a, f"argument {i}") for i, a in enumerate(args)]

@@ -203,9 +203,7 @@ class InstanceNorm(_RunningNorm):
                                           self.running_var if self.training or not use_input else None,
                                           self.weight, self.bias, use_input, self.momentum, self.eps,
                                           channel_axis=self.channel_axis, return_stats=True)
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
-        self._saved = (x, mean, rstd, use_input)
+        self._saved = (x, mean, rstd, use_input)     # (torch's InstanceNorm never bumps num_batches_tracked)
         return y
 
     def backward(self, grad_out):
