@@ -18,8 +18,9 @@ def check_float_array(x, name="x"):
 
 
 def compute_dtype(dtype):
-    """Kernels run on float32 or float64; float16 is computed in float32."""
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    """Kernels run on native float32 or float64; float16 is computed in float32 (byte-swapped
+    input is converted to native order)."""
+    return np.dtype(np.float64) if np.dtype(dtype).itemsize == 8 else np.dtype(np.float32)
 
 
 def as_kernel_input(x):

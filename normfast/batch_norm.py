@@ -38,12 +38,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     dims = (1, B, C, D)
     if training:
         n_per = B * D
-        if n_per <= 1:
+        if n_per == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
         xk = _core.as_kernel_input(x)
         n, mean, m2 = _core.moments4d(xk, dims)
         rstd = _core.rstd_from(m2, n, eps)
-        if rm is not None or rv is not None or num_batches_tracked is not None:
+        if n_per == 0:          # empty batch: empty output, running statistics untouched (as torch)
+            mean = np.full(C, np.nan)
+        elif rm is not None or rv is not None or num_batches_tracked is not None:
             f = _running.momentum_factor(momentum, num_batches_tracked)
             _running.update(rm, mean, f)
             _running.update(rv, m2 / (n - 1), f)

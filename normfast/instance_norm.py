@@ -30,7 +30,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     wt = None if w is None else np.tile(w, N)
     bt = None if b is None else np.tile(b, N)
     if use_input_stats:
-        if pre * post <= 1:
+        if pre * post == 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}")
         track = rm is not None or rv is not None
         if pre == 1 and not track:
@@ -39,7 +39,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
             n, mean, m2 = _core.moments4d(xk, dims)
             rstd = _core.rstd_from(m2, n, eps)
             _core.apply_affine(xk, y, dims, mean, rstd, wt, bt)
-        if track:
+        if track and N * pre * post > 0:
             f = _running.momentum_factor(momentum, None)
             _running.update(rm, mean.reshape(N, C).mean(axis=0), f)
             _running.update(rv, (m2 / (n - 1)).reshape(N, C).mean(axis=0), f)

@@ -9,11 +9,11 @@ def normalized_axes(x, normalized_shape, fname):
     """Trailing axes named by ``normalized_shape`` (int or sequence of ints), checked against x."""
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         normalized_shape = (int(normalized_shape),)
-    try:
-        shape = tuple(int(s) for s in normalized_shape)
-    except TypeError:
+    if isinstance(normalized_shape, (str, bytes)) or not hasattr(normalized_shape, "__iter__") or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in normalized_shape):
         raise TypeError(f"{fname}: normalized_shape must be an int or a sequence of ints, "
-                        f"got {type(normalized_shape).__name__}") from None
+                        f"got {normalized_shape!r}")
+    shape = tuple(int(s) for s in normalized_shape)
     k = len(shape)
     if k == 0 or k > x.ndim or tuple(x.shape[x.ndim - k:]) != shape:
         raise ValueError(f"{fname}: normalized_shape {shape} must match the trailing dimensions of x "

@@ -15,27 +15,36 @@ NF_CLONES static void NF_S(nf_row_bwd_sums)(const NF_T *restrict x, const NF_T *
                                             double rstd, const double *restrict w, double *restrict acc,
                                             double *restrict dw, double *restrict db)
 {
-    double s1[NF_LANES], s2[NF_LANES];
-    for (int j = 0; j < NF_LANES; ++j) { s1[j] = 0.0; s2[j] = 0.0; }
+    double s1[NF_LANES] = {0}, s2[NF_LANES] = {0};
+    nf_v8d a0 = nf_splat(0.0), a1 = a0, b0 = a0, b1 = a0, mv = nf_splat(m), rv = nf_splat(rstd);
     int64_t i = 0;
-    for (; i + NF_LANES <= n; i += NF_LANES)
-        for (int j = 0; j < NF_LANES; ++j) {
-            double xh = ((double)x[i + j] - m) * rstd, d = (double)dy[i + j], g = w[i + j] * d;
-            s1[j] += g; s2[j] += g * xh;
+    for (; i + NF_LANES <= n; i += NF_LANES) {
+        nf_v8d d0 = NF_LOAD8(dy + i), d1 = NF_LOAD8(dy + i + 8);
+        nf_v8d h0 = (NF_LOAD8(x + i) - mv) * rv, h1 = (NF_LOAD8(x + i + 8) - mv) * rv;
+        nf_v8d w0, w1;
+        memcpy(&w0, w + i, 64); memcpy(&w1, w + i + 8, 64);
+        nf_v8d g0 = w0 * d0, g1 = w1 * d1;
+        a0 += g0; a1 += g1; b0 += g0 * h0; b1 += g1 * h1;
+        if (dw) {
+            nf_v8d p0, p1;
+            memcpy(&p0, dw + i, 64); memcpy(&p1, dw + i + 8, 64);
+            p0 += d0 * h0; p1 += d1 * h1;
+            memcpy(dw + i, &p0, 64); memcpy(dw + i + 8, &p1, 64);
         }
+        if (db) {
+            nf_v8d p0, p1;
+            memcpy(&p0, db + i, 64); memcpy(&p1, db + i + 8, 64);
+            p0 += d0; p1 += d1;
+            memcpy(db + i, &p0, 64); memcpy(db + i + 8, &p1, 64);
+        }
+    }
+    memcpy(s1, &a0, 64); memcpy(s1 + 8, &a1, 64); memcpy(s2, &b0, 64); memcpy(s2 + 8, &b1, 64);
     for (int j = 0; i + j < n; ++j) {
         double xh = ((double)x[i + j] - m) * rstd, d = (double)dy[i + j], g = w[i + j] * d;
         s1[j] += g; s2[j] += g * xh;
+        if (dw) dw[i + j] += d * xh;
+        if (db) db[i + j] += d;
     }
-    if (dw && db)
-        for (i = 0; i < n; ++i) {
-            double xh = ((double)x[i] - m) * rstd, d = (double)dy[i];
-            dw[i] += d * xh; db[i] += d;
-        }
-    else if (dw)
-        for (i = 0; i < n; ++i) dw[i] += (double)dy[i] * (((double)x[i] - m) * rstd);
-    else if (db)
-        for (i = 0; i < n; ++i) db[i] += (double)dy[i];
     double a = 0.0, b = 0.0;
     for (int j = 0; j < NF_LANES; ++j) { a += s1[j]; b += s2[j]; }
     acc[0] = a; acc[1] = b;

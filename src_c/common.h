@@ -40,9 +40,25 @@
 #define NF_LANES 16           /* float64 accumulators per leaf loop: 2 zmm / 4 ymm */
 #define NF_CHUNK 8192         /* elements per statistics chunk (row mode) */
 #define NF_MIN_ROWS 64        /* minimum rows per chunk (column mode) */
+#define NF_COL_CHUNK 32768    /* values per column-mode chunk (kept in L2 while lanes are walked) */
 #define NF_PAR_MIN 65536      /* below this many elements a call stays serial */
 
 typedef struct { double n, mean, m2; } nf_mom;
+
+/* Portable 8-wide vectors (GCC/Clang vector extensions): each target clone lowers them to
+ * its widest registers (1 zmm, 2 ymm or 4 xmm) with identical lane-wise results. */
+typedef double nf_v8d __attribute__((vector_size(64)));
+typedef float nf_v8f __attribute__((vector_size(32)));
+#define NF_LOAD8_float(p) __extension__({ nf_v8f t_; memcpy(&t_, (p), sizeof t_); __builtin_convertvector(t_, nf_v8d); })
+#define NF_LOAD8_double(p) __extension__({ nf_v8d t_; memcpy(&t_, (p), sizeof t_); t_; })
+#define NF_STORE8_float(p, v) do { nf_v8f t_ = __builtin_convertvector((v), nf_v8f); memcpy((p), &t_, sizeof t_); } while (0)
+#define NF_STORE8_double(p, v) do { nf_v8d t_ = (v); memcpy((p), &t_, sizeof t_); } while (0)
+#define NF_CAT_(a, b) a##b
+#define NF_CAT(a, b) NF_CAT_(a, b)
+#define NF_LOAD8(p) NF_CAT(NF_LOAD8_, NF_T)(p)
+#define NF_STORE8(p, v) NF_CAT(NF_STORE8_, NF_T)(p, v)
+
+static inline nf_v8d nf_splat(double v) { nf_v8d r = {v, v, v, v, v, v, v, v}; return r; }
 
 /* Chan et al. merge of two partial moments (unequal counts allowed). */
 static inline void nf_mom_merge(nf_mom *a, nf_mom b)
@@ -53,6 +69,35 @@ static inline void nf_mom_merge(nf_mom *a, nf_mom b)
     a->mean += d * (b.n / n);
     a->m2 += b.m2 + d * d * (a->n / n * b.n);
     a->n = n;
+}
+
+/* Chan's merge in its k-way form: K partials p[0], p[stride], ... (any counts):
+ *   n = sum n_i,  mean = m_0 + sum n_i (m_i - m_0) / n,  M2 = sum M2_i + sum n_i (m_i - mean)^2
+ * Two short passes and one division instead of K pairwise merges; shifting by m_0 keeps a
+ * constant input's mean exact.  Partials with n_i = 0 are skipped. */
+static inline nf_mom nf_mom_merge_k(const nf_mom *p, int64_t K, int64_t stride)
+{
+    nf_mom r = {0.0, 0.0, 0.0};
+    int64_t first = -1;
+    double n = 0.0, sd = 0.0;
+    for (int64_t i = 0; i < K; ++i) {
+        const nf_mom *q = p + i * stride;
+        if (q->n == 0) continue;
+        if (first < 0) first = i;
+        n += q->n;
+        sd += q->n * (q->mean - p[first * stride].mean);
+    }
+    if (first < 0) return r;
+    const double mean = p[first * stride].mean + sd / n;
+    double m2 = 0.0;
+    for (int64_t i = first; i < K; ++i) {
+        const nf_mom *q = p + i * stride;
+        if (q->n == 0) continue;
+        const double d = q->mean - mean;
+        m2 += q->m2 + q->n * d * d;
+    }
+    r.n = n; r.mean = mean; r.m2 = m2;
+    return r;
 }
 
 /* Lanes -> (n, mean, M2).  rms: the shift is 0 and M2 holds sum(x^2), so that

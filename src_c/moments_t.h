@@ -11,86 +11,134 @@
 /* Scalar math: d = x[i] - k; s1 += d; s2 += d * d   (lane i % NF_LANES) */
 NF_CLONES static void NF_S(nf_seg_sums)(const NF_T *restrict x, int64_t n, double k, double *restrict acc)
 {
-    double s1[NF_LANES], s2[NF_LANES];
-    for (int j = 0; j < NF_LANES; ++j) { s1[j] = acc[j]; s2[j] = acc[NF_LANES + j]; }
+    nf_v8d a0, a1, b0, b1, kv = nf_splat(k);
+    memcpy(&a0, acc, 64); memcpy(&a1, acc + 8, 64); memcpy(&b0, acc + 16, 64); memcpy(&b1, acc + 24, 64);
     int64_t i = 0;
-    for (; i + NF_LANES <= n; i += NF_LANES)
-        for (int j = 0; j < NF_LANES; ++j) {
-            double d = (double)x[i + j] - k;
-            s1[j] += d; s2[j] += d * d;
-        }
+    for (; i + NF_LANES <= n; i += NF_LANES) {
+        nf_v8d d0 = NF_LOAD8(x + i) - kv, d1 = NF_LOAD8(x + i + 8) - kv;
+        a0 += d0; a1 += d1; b0 += d0 * d0; b1 += d1 * d1;
+    }
+    memcpy(acc, &a0, 64); memcpy(acc + 8, &a1, 64); memcpy(acc + 16, &b0, 64); memcpy(acc + 24, &b1, 64);
     for (int j = 0; i + j < n; ++j) {
         double d = (double)x[i + j] - k;
-        s1[j] += d; s2[j] += d * d;
+        acc[j] += d; acc[NF_LANES + j] += d * d;
     }
-    for (int j = 0; j < NF_LANES; ++j) { acc[j] = s1[j]; acc[NF_LANES + j] = s2[j]; }
 }
 
 /* Scalar math: g = dy[i]; s1 += g; s2 += g * (x[i] - m)   (lane i % NF_LANES) */
 NF_CLONES static void NF_S(nf_seg_dsums)(const NF_T *restrict x, const NF_T *restrict dy, int64_t n, double m,
                                          double *restrict acc)
 {
-    double s1[NF_LANES], s2[NF_LANES];
-    for (int j = 0; j < NF_LANES; ++j) { s1[j] = acc[j]; s2[j] = acc[NF_LANES + j]; }
+    nf_v8d a0, a1, b0, b1, mv = nf_splat(m);
+    memcpy(&a0, acc, 64); memcpy(&a1, acc + 8, 64); memcpy(&b0, acc + 16, 64); memcpy(&b1, acc + 24, 64);
     int64_t i = 0;
-    for (; i + NF_LANES <= n; i += NF_LANES)
-        for (int j = 0; j < NF_LANES; ++j) {
-            double g = (double)dy[i + j];
-            s1[j] += g; s2[j] += g * ((double)x[i + j] - m);
-        }
+    for (; i + NF_LANES <= n; i += NF_LANES) {
+        nf_v8d g0 = NF_LOAD8(dy + i), g1 = NF_LOAD8(dy + i + 8);
+        a0 += g0; a1 += g1;
+        b0 += g0 * (NF_LOAD8(x + i) - mv); b1 += g1 * (NF_LOAD8(x + i + 8) - mv);
+    }
+    memcpy(acc, &a0, 64); memcpy(acc + 8, &a1, 64); memcpy(acc + 16, &b0, 64); memcpy(acc + 24, &b1, 64);
     for (int j = 0; i + j < n; ++j) {
         double g = (double)dy[i + j];
-        s1[j] += g; s2[j] += g * ((double)x[i + j] - m);
+        acc[j] += g; acc[NF_LANES + j] += g * ((double)x[i + j] - m);
     }
-    for (int j = 0; j < NF_LANES; ++j) { acc[j] = s1[j]; acc[NF_LANES + j] = s2[j]; }
 }
 
-/* Column mode, moments.  Scalar math per lane l over rows r:
- *   d = x[r][l] - k[l]; s1[l] += d; s2[l] += d * d */
+/* Column mode, moments.  Scalar math per lane l over rows r (in order):
+ *   d = x[r][l] - k[l]; s1[l] += d; s2[l] += d * d      (s1, s2 start at 0)
+ * Tiled: blocks of NF_COL_TILE rows (contiguous, in L1) are walked lane block by lane
+ * block (16 lanes in registers), so memory is read in order. */
+#ifndef NF_COL_TILE
+#define NF_COL_TILE 8
+#endif
 NF_CLONES static void NF_S(nf_col_sums)(const NF_T *restrict x, int64_t rows, int64_t L, const double *restrict k,
                                         double *restrict s1, double *restrict s2)
 {
-    for (int64_t r = 0; r < rows; ++r) {
-        const NF_T *restrict xr = x + r * L;
-        for (int64_t l = 0; l < L; ++l) {
-            double d = (double)xr[l] - k[l];
-            s1[l] += d; s2[l] += d * d;
+    memset(s1, 0, (size_t)L * sizeof(double));
+    memset(s2, 0, (size_t)L * sizeof(double));
+    for (int64_t r0 = 0; r0 < rows; r0 += NF_COL_TILE) {
+        const int64_t r1 = r0 + NF_COL_TILE < rows ? r0 + NF_COL_TILE : rows;
+        int64_t l = 0;
+        for (; l + 16 <= L; l += 16) {
+            nf_v8d k0, k1, a0, a1, b0, b1;
+            memcpy(&k0, k + l, 64); memcpy(&k1, k + l + 8, 64);
+            memcpy(&a0, s1 + l, 64); memcpy(&a1, s1 + l + 8, 64);
+            memcpy(&b0, s2 + l, 64); memcpy(&b1, s2 + l + 8, 64);
+            for (int64_t r = r0; r < r1; ++r) {
+                nf_v8d d0 = NF_LOAD8(x + r * L + l) - k0, d1 = NF_LOAD8(x + r * L + l + 8) - k1;
+                a0 += d0; a1 += d1; b0 += d0 * d0; b1 += d1 * d1;
+            }
+            memcpy(s1 + l, &a0, 64); memcpy(s1 + l + 8, &a1, 64);
+            memcpy(s2 + l, &b0, 64); memcpy(s2 + l + 8, &b1, 64);
         }
+        for (; l < L; ++l)
+            for (int64_t r = r0; r < r1; ++r) {
+                double d = (double)x[r * L + l] - k[l];
+                s1[l] += d; s2[l] += d * d;
+            }
     }
 }
 
-/* Column mode, backward sums.  Scalar math: s1[l] += dy; s2[l] += dy * (x - m[l]) */
+/* Column mode, backward sums.  Scalar math: s1[l] += dy; s2[l] += dy * (x - m[l])  (same tiling) */
 NF_CLONES static void NF_S(nf_col_dsums)(const NF_T *restrict x, const NF_T *restrict dy, int64_t rows, int64_t L,
                                          const double *restrict m, double *restrict s1, double *restrict s2)
 {
-    for (int64_t r = 0; r < rows; ++r) {
-        const NF_T *restrict xr = x + r * L;
-        const NF_T *restrict gr = dy + r * L;
-        for (int64_t l = 0; l < L; ++l) {
-            double g = (double)gr[l];
-            s1[l] += g; s2[l] += g * ((double)xr[l] - m[l]);
+    memset(s1, 0, (size_t)L * sizeof(double));
+    memset(s2, 0, (size_t)L * sizeof(double));
+    for (int64_t r0 = 0; r0 < rows; r0 += NF_COL_TILE) {
+        const int64_t r1 = r0 + NF_COL_TILE < rows ? r0 + NF_COL_TILE : rows;
+        int64_t l = 0;
+        for (; l + 16 <= L; l += 16) {
+            nf_v8d m0, m1, a0, a1, b0, b1;
+            memcpy(&m0, m + l, 64); memcpy(&m1, m + l + 8, 64);
+            memcpy(&a0, s1 + l, 64); memcpy(&a1, s1 + l + 8, 64);
+            memcpy(&b0, s2 + l, 64); memcpy(&b1, s2 + l + 8, 64);
+            for (int64_t r = r0; r < r1; ++r) {
+                nf_v8d g0 = NF_LOAD8(dy + r * L + l), g1 = NF_LOAD8(dy + r * L + l + 8);
+                a0 += g0; a1 += g1;
+                b0 += g0 * (NF_LOAD8(x + r * L + l) - m0); b1 += g1 * (NF_LOAD8(x + r * L + l + 8) - m1);
+            }
+            memcpy(s1 + l, &a0, 64); memcpy(s1 + l + 8, &a1, 64);
+            memcpy(s2 + l, &b0, 64); memcpy(s2 + l + 8, &b1, 64);
         }
+        for (; l < L; ++l)
+            for (int64_t r = r0; r < r1; ++r) {
+                double g = (double)dy[r * L + l];
+                s1[l] += g; s2[l] += g * ((double)x[r * L + l] - m[l]);
+            }
     }
 }
 
-/* Moments of one row of n contiguous values, cut in NF_CHUNK pieces merged in order.
- * Shared by the reductions and the fused row kernels, so both agree bitwise. */
+/* Moments of one row of n contiguous values, cut in NF_CHUNK pieces merged in order with
+ * the k-way merge: the same chunks and merge as nf_reduce4d's row mode (B = 1), so the
+ * fused row kernels and moments() agree bitwise. */
 static nf_mom NF_S(nf_row_moments)(const NF_T *x, int64_t n, int rms)
 {
-    nf_mom r = {0.0, 0.0, 0.0};
-    for (int64_t p = 0; p < n; p += NF_CHUNK) {
-        int64_t len = n - p < NF_CHUNK ? n - p : NF_CHUNK;
-        double acc[2 * NF_LANES] = {0};
-        double k = rms ? 0.0 : (double)x[p];
-        NF_S(nf_seg_sums)(x + p, len, k, acc);
-        nf_mom_merge(&r, nf_lanes_finish(acc, acc + NF_LANES, (double)len, k, rms));
+    nf_mom local[64], *p = local;
+    const int64_t P = nf_cdiv(n, NF_CHUNK);
+    if (P > 64 && !(p = (nf_mom *)malloc((size_t)P * sizeof(nf_mom)))) {
+        nf_mom bad = {(double)n, NAN, NAN};   /* out of memory: poison rather than crash */
+        return bad;
     }
+    for (int64_t j = 0; j < P; ++j) {
+        const int64_t o = j * NF_CHUNK, len = n - o < NF_CHUNK ? n - o : NF_CHUNK;
+        double acc[2 * NF_LANES] = {0};
+        double k = rms ? 0.0 : (double)x[o];
+        NF_S(nf_seg_sums)(x + o, len, k, acc);
+        p[j] = nf_lanes_finish(acc, acc + NF_LANES, (double)len, k, rms);
+    }
+    nf_mom r = P == 1 ? p[0] : nf_mom_merge_k(p, P, 1);
+    if (p != local) free(p);
     return r;
 }
 
 /* kind: 0 = moments (n, mean, M2), 1 = rms moments (n, 0, sum x^2),
  *       2 = backward sums (n, sum dy, sum dy*(x - m[a,c])).
- * out has A*C entries.  Returns 0, or -1 when memory runs out. */
+ * out has A*C entries.  Returns 0, or -1 when memory runs out.
+ * Row mode: units enumerate (a, chunk kk, c) with c fastest: the memory order of x, so
+ * consecutive units (and each thread's static share) read memory in order.  Column mode: a unit is a block of
+ * rows of one a; its L = C*D lane partials are combined over d inside the unit.
+ * Partials are stored per (stat, chunk) and merged per stat in chunk order. */
 static int NF_S(nf_reduce4d)(const NF_T *x, const NF_T *dy, const double *m, int64_t A, int64_t B, int64_t C,
                              int64_t D, int kind, nf_mom *out, int nt)
 {
@@ -105,14 +153,13 @@ static int NF_S(nf_reduce4d)(const NF_T *x, const NF_T *dy, const double *m, int
     int64_t K, per_seg = 1, g = 1, R = 1;
     if (row_mode) {
         if (D >= NF_CHUNK) { per_seg = nf_cdiv(D, NF_CHUNK); K = B * per_seg; }
-        else { g = NF_CHUNK / D; if (g < 1) g = 1; K = nf_cdiv(B, g); }
+        else { g = D >= 1024 ? 1 : NF_CHUNK / D; K = nf_cdiv(B, g); }
     } else {
-        R = NF_CHUNK / L; if (R < NF_MIN_ROWS) R = NF_MIN_ROWS;
+        R = NF_COL_CHUNK / L; if (R < NF_MIN_ROWS) R = NF_MIN_ROWS;
         K = nf_cdiv(B, R);
     }
     const int64_t U = row_mode ? S * K : A * K;
-    const int64_t per_unit = row_mode ? 1 : L;
-    nf_mom *part = (nf_mom *)malloc((size_t)(U * per_unit) * sizeof(nf_mom));
+    nf_mom *part = (nf_mom *)malloc((size_t)(S * K) * sizeof(nf_mom));   /* [s][kk] */
     if (!part) return -1;
     int failed = 0;
     const int nth = nf_threads(nt, A * B * L);
@@ -120,7 +167,7 @@ static int NF_S(nf_reduce4d)(const NF_T *x, const NF_T *dy, const double *m, int
     #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
     for (int64_t u = 0; u < U; ++u) {
         if (row_mode) {
-            const int64_t s = u / K, kk = u % K, a = s / C, c = s % C;
+            const int64_t a = u / (K * C), kk = (u / C) % K, c = u % C, s = a * C + c;
             const NF_T *base = x + (a * B * C + c) * D;
             const NF_T *gbase = dy ? dy + (a * B * C + c) * D : NULL;
             double acc[2 * NF_LANES] = {0};
@@ -134,65 +181,64 @@ static int NF_S(nf_reduce4d)(const NF_T *x, const NF_T *dy, const double *m, int
                 if (kind == 2) NF_S(nf_seg_dsums)(base + b * L + off, gbase + b * L + off, len, m[s], acc);
                 else NF_S(nf_seg_sums)(base + b * L + off, len, k, acc);
             }
-            double n = (double)((b1 - b0) * len);
+            const double n = (double)((b1 - b0) * len);
+            nf_mom *pu = part + s * K + kk;
             if (kind == 2) {
                 double a1 = 0.0, a2 = 0.0;
                 for (int j = 0; j < NF_LANES; ++j) { a1 += acc[j]; a2 += acc[NF_LANES + j]; }
-                part[u].n = n; part[u].mean = a1; part[u].m2 = a2;
+                pu->n = n; pu->mean = a1; pu->m2 = a2;
             } else {
-                part[u] = nf_lanes_finish(acc, acc + NF_LANES, n, k, rms);
+                *pu = nf_lanes_finish(acc, acc + NF_LANES, n, k, rms);
             }
         } else {
             const int64_t a = u / K, kk = u % K, b0 = kk * R, b1 = b0 + R < B ? b0 + R : B;
             const NF_T *X = x + (a * B + b0) * L;
-            double *buf = (double *)calloc((size_t)(3 * L), sizeof(double));
+            double *buf = (double *)malloc((size_t)(3 * L) * sizeof(double) + (size_t)L * sizeof(nf_mom));
             if (!buf) { failed = 1; continue; }
             double *k = buf, *s1 = buf + L, *s2 = buf + 2 * L;
-            nf_mom *pu = part + u * L;
+            nf_mom *pl = (nf_mom *)(buf + 3 * L);
             const double rows = (double)(b1 - b0);
             if (kind == 2) {
                 for (int64_t l = 0; l < L; ++l) k[l] = m[a * C + l / D];
                 NF_S(nf_col_dsums)(X, dy + (a * B + b0) * L, b1 - b0, L, k, s1, s2);
-                for (int64_t l = 0; l < L; ++l) { pu[l].n = rows; pu[l].mean = s1[l]; pu[l].m2 = s2[l]; }
+                for (int64_t c = 0; c < C; ++c) {
+                    double a1 = 0.0, a2 = 0.0;
+                    for (int64_t d = 0; d < D; ++d) { a1 += s1[c * D + d]; a2 += s2[c * D + d]; }
+                    nf_mom *pu = part + (a * C + c) * K + kk;
+                    pu->n = rows * (double)D; pu->mean = a1; pu->m2 = a2;
+                }
             } else {
-                if (kind == 0) for (int64_t l = 0; l < L; ++l) k[l] = (double)X[l];
+                for (int64_t l = 0; l < L; ++l) k[l] = rms ? 0.0 : (double)X[l];
                 NF_S(nf_col_sums)(X, b1 - b0, L, k, s1, s2);
                 for (int64_t l = 0; l < L; ++l) {
-                    pu[l].n = rows;
-                    if (rms) { pu[l].mean = 0.0; pu[l].m2 = s2[l]; }
+                    pl[l].n = rows;
+                    if (rms) { pl[l].mean = 0.0; pl[l].m2 = s2[l]; }
                     else {
-                        pu[l].mean = k[l] + s1[l] / rows;
+                        pl[l].mean = k[l] + s1[l] / rows;
                         double m2 = s2[l] - s1[l] * (s1[l] / rows);
-                        pu[l].m2 = m2 < 0 ? 0.0 : m2;
+                        pl[l].m2 = m2 < 0 ? 0.0 : m2;
                     }
                 }
+                for (int64_t c = 0; c < C; ++c)
+                    part[(a * C + c) * K + kk] = D == 1 ? pl[c] : nf_mom_merge_k(pl + c * D, D, 1);
             }
             free(buf);
         }
     }
     if (failed) { free(part); return -1; }
 
-    /* Fixed-order merge: row mode over chunks; column mode over chunks, then lanes d. */
-    const int nth2 = nf_threads(nt, U * per_unit);
+    /* Fixed-order merge over the chunks of each statistic. */
+    const int nth2 = nf_threads(nt, S * K * 8);
     #pragma omp parallel for schedule(static) num_threads(nth2) if (nth2 > 1)
     for (int64_t s = 0; s < S; ++s) {
-        nf_mom r = {0.0, 0.0, 0.0};
-        if (row_mode) {
-            for (int64_t kk = 0; kk < K; ++kk) {
-                nf_mom p = part[s * K + kk];
-                if (kind == 2) { r.n += p.n; r.mean += p.mean; r.m2 += p.m2; }
-                else nf_mom_merge(&r, p);
-            }
+        const nf_mom *p = part + s * K;
+        if (kind == 2) {
+            nf_mom r = {0.0, 0.0, 0.0};
+            for (int64_t kk = 0; kk < K; ++kk) { r.n += p[kk].n; r.mean += p[kk].mean; r.m2 += p[kk].m2; }
+            out[s] = r;
         } else {
-            const int64_t a = s / C, c = s % C;
-            for (int64_t kk = 0; kk < K; ++kk)
-                for (int64_t d = 0; d < D; ++d) {
-                    nf_mom p = part[(a * K + kk) * L + c * D + d];
-                    if (kind == 2) { r.n += p.n; r.mean += p.mean; r.m2 += p.m2; }
-                    else nf_mom_merge(&r, p);
-                }
+            out[s] = nf_mom_merge_k(p, K, 1);
         }
-        out[s] = r;
     }
     free(part);
     return 0;
