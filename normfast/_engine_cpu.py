@@ -10,6 +10,11 @@ from ._cpu import _backward, _moments, _normalize
 from ._threads import get_num_threads
 
 
+def _core_empty(shape, dtype):
+    from ._core import empty_aligned
+    return empty_aligned(shape, dtype)
+
+
 class CpuEngine:
     name = "cpu"
     xp = np
@@ -50,7 +55,7 @@ class CpuEngine:
     def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db, gh=None):
         """Row-wise (Layer/RMS) backward; gh (optional, M x N) is added to dx in the same pass.
         Returns (dx or None, dw or None, db or None); dw/db float64."""
-        dx = np.empty_like(x) if need_dx else None
+        dx = _core_empty(x.shape, x.dtype) if need_dx else None
         dw = np.empty(N, dtype=np.float64) if need_dw else None
         db = np.empty(N, dtype=np.float64) if need_db else None
         if w is None:

@@ -54,14 +54,24 @@ NF_CLONES static void NF_S(nf_row_bwd_sums)(const NF_T *restrict x, const NF_T *
  * residual gradient of add_layer_norm / add_rms_norm, NULL otherwise) */
 NF_CLONES static void NF_S(nf_row_bwd_dx)(const NF_T *restrict x, const NF_T *restrict dy, const NF_T *restrict gh,
                                           NF_T *restrict dx, int64_t n, double m, double rstd,
-                                          const double *restrict w, double c1, double c2)
+                                          const double *restrict w, double c1, double c2, int stream)
 {
+    int64_t i = 0;
     if (gh)
-        for (int64_t i = 0; i < n; ++i)
+        for (; i < n; ++i)
             dx[i] = (NF_T)(rstd * (w[i] * (double)dy[i] - c1 - ((double)x[i] - m) * rstd * c2) + (double)gh[i]);
-    else
-        for (int64_t i = 0; i < n; ++i)
+    if (stream) {
+        for (; i < n && ((uintptr_t)(dx + i) & 15); ++i)
             dx[i] = (NF_T)(rstd * (w[i] * (double)dy[i] - c1 - ((double)x[i] - m) * rstd * c2));
+        const nf_v8d mv = nf_splat(m), rv = nf_splat(rstd), c1v = nf_splat(c1), c2v = nf_splat(c2);
+        for (; i + 8 <= n; i += 8) {
+            nf_v8d wv;
+            memcpy(&wv, w + i, 64);
+            NF_STREAM8(dx + i, rv * (wv * NF_LOAD8(dy + i) - c1v - (NF_LOAD8(x + i) - mv) * rv * c2v));
+        }
+    }
+    for (; i < n; ++i)
+        dx[i] = (NF_T)(rstd * (w[i] * (double)dy[i] - c1 - ((double)x[i] - m) * rstd * c2));
 }
 
 /* x, dy (gh: added to dx, or NULL): M x N.  mean (NULL for rms), rstd: M float64.  w: N float64 (ones when
@@ -86,7 +96,11 @@ static int NF_S(nf_rows_backward)(const NF_T *x, const NF_T *dy, const NF_T *gh,
     if (dw && !(pw = (double *)calloc((size_t)(NB * N), sizeof(double)))) return -1;
     if (db && !(pb = (double *)calloc((size_t)(NB * N), sizeof(double)))) { free(pw); return -1; }
     const int nth = nf_threads(nt, M * N);
-    #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
+    const int stream = NF_HAVE_STREAM && dx && (const void *)dx != (const void *)x && (const void *)dx != (const void *)dy
+                       && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
+    #pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+    #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < NB; ++blk) {
         const int64_t i1 = (blk + 1) * RB < M ? (blk + 1) * RB : M;
         for (int64_t i = blk * RB; i < i1; ++i) {
@@ -95,8 +109,10 @@ static int NF_S(nf_rows_backward)(const NF_T *x, const NF_T *dy, const NF_T *gh,
             double acc[2];
             NF_S(nf_row_bwd_sums)(xr, gr, N, m, rstd[i], w, acc, pw ? pw + blk * N : NULL, pb ? pb + blk * N : NULL);
             if (dx) NF_S(nf_row_bwd_dx)(xr, gr, gh ? gh + i * N : NULL, dx + i * N, N, m, rstd[i], w, mean ? acc[0] / (double)N : 0.0,
-                                        acc[1] / (double)N);
+                                        acc[1] / (double)N, stream);
         }
+    }
+    if (stream) nf_stream_fence();
     }
     if (pw || pb) {
         const int nth2 = nf_threads(nt, NB * N);

@@ -60,6 +60,38 @@ typedef float nf_v8f __attribute__((vector_size(32)));
 
 static inline nf_v8d nf_splat(double v) { nf_v8d r = {v, v, v, v, v, v, v, v}; return r; }
 
+/* Streaming (non-temporal) stores for large outputs that are not read back soon: a normal
+ * store first reads the destination line (read-for-ownership), a streaming store does not,
+ * which saves a third of the memory traffic of a normalization.  SSE2 (every x86-64) is
+ * enough: write-combining merges the 16-byte stores into full lines.  The destination must
+ * be 16-byte aligned; callers peel the unaligned head.  Finish with nf_stream_fence(). */
+#define NF_STREAM_MIN ((int64_t)4 << 20)   /* output bytes from which streaming pays */
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+#define NF_HAVE_STREAM 1
+static inline void nf_stream8_float(float *p, nf_v8d v)
+{
+    nf_v8f f = __builtin_convertvector(v, nf_v8f);
+    __m128 lo, hi;
+    memcpy(&lo, &f, 16); memcpy(&hi, (const char *)&f + 16, 16);
+    _mm_stream_ps(p, lo); _mm_stream_ps(p + 4, hi);
+}
+static inline void nf_stream8_double(double *p, nf_v8d v)
+{
+    __m128d a, b, c, d;
+    memcpy(&a, &v, 16); memcpy(&b, (const char *)&v + 16, 16);
+    memcpy(&c, (const char *)&v + 32, 16); memcpy(&d, (const char *)&v + 48, 16);
+    _mm_stream_pd(p, a); _mm_stream_pd(p + 2, b); _mm_stream_pd(p + 4, c); _mm_stream_pd(p + 6, d);
+}
+static inline void nf_stream_fence(void) { _mm_sfence(); }
+#else
+#define NF_HAVE_STREAM 0
+static inline void nf_stream8_float(float *p, nf_v8d v) { nf_v8f f = __builtin_convertvector(v, nf_v8f); memcpy(p, &f, 32); }
+static inline void nf_stream8_double(double *p, nf_v8d v) { memcpy(p, &v, 64); }
+static inline void nf_stream_fence(void) {}
+#endif
+#define NF_STREAM8(p, v) NF_CAT(nf_stream8_, NF_T)(p, v)
+
 /* Chan et al. merge of two partial moments (unequal counts allowed). */
 static inline void nf_mom_merge(nf_mom *a, nf_mom b)
 {

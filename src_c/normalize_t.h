@@ -7,11 +7,17 @@
  *   (LayerNorm, RMSNorm, and GroupNorm/InstanceNorm on channels-first input).
  */
 
-/* Scalar math: y[i] = (x[i] - m) * p + q */
+/* Scalar math: y[i] = (x[i] - m) * p + q      (stream: non-temporal stores, see common.h) */
 NF_CLONES static void NF_S(nf_seg_apply)(const NF_T *restrict x, NF_T *restrict y, int64_t n,
-                                         double m, double p, double q)
+                                         double m, double p, double q, int stream)
 {
-    for (int64_t i = 0; i < n; ++i) y[i] = (NF_T)(((double)x[i] - m) * p + q);
+    int64_t i = 0;
+    if (stream) {
+        for (; i < n && ((uintptr_t)(y + i) & 15); ++i) y[i] = (NF_T)(((double)x[i] - m) * p + q);
+        const nf_v8d mv = nf_splat(m), pv = nf_splat(p), qv = nf_splat(q);
+        for (; i + 8 <= n; i += 8) NF_STREAM8(y + i, (NF_LOAD8(x + i) - mv) * pv + qv);
+    }
+    for (; i < n; ++i) y[i] = (NF_T)(((double)x[i] - m) * p + q);
 }
 
 /* Scalar math: y[i] = (x[i] - m) * p + q + dy[i] * r */
@@ -23,9 +29,20 @@ NF_CLONES static void NF_S(nf_seg_apply_dy)(const NF_T *restrict x, const NF_T *
 
 /* Scalar math: y[i] = (x[i] - m) * rstd * w[i] + b[i]   (w, b float64 vectors) */
 NF_CLONES static void NF_S(nf_seg_apply_wb)(const NF_T *restrict x, NF_T *restrict y, int64_t n, double m,
-                                            double rstd, const double *restrict w, const double *restrict b)
+                                            double rstd, const double *restrict w, const double *restrict b,
+                                            int stream)
 {
-    for (int64_t i = 0; i < n; ++i) y[i] = (NF_T)((((double)x[i] - m) * rstd) * w[i] + b[i]);
+    int64_t i = 0;
+    if (stream) {
+        for (; i < n && ((uintptr_t)(y + i) & 15); ++i) y[i] = (NF_T)((((double)x[i] - m) * rstd) * w[i] + b[i]);
+        const nf_v8d mv = nf_splat(m), rv = nf_splat(rstd);
+        for (; i + 8 <= n; i += 8) {
+            nf_v8d wv, bv;
+            memcpy(&wv, w + i, 64); memcpy(&bv, b + i, 64);
+            NF_STREAM8(y + i, ((NF_LOAD8(x + i) - mv) * rv) * wv + bv);
+        }
+    }
+    for (; i < n; ++i) y[i] = (NF_T)((((double)x[i] - m) * rstd) * w[i] + b[i]);
 }
 
 /* Column mode: Scalar math: y[r][l] = (x[r][l] - m[l]) * p[l] + q[l] (+ dy[r][l] * s[l]) */
@@ -53,15 +70,20 @@ static int NF_S(nf_apply4d)(const NF_T *x, const NF_T *dy, NF_T *y, int64_t A, i
     const int64_t L = C * D, total = A * B * L;
     if (total == 0) return 0;
     const int nth = nf_threads(nt, total);
+    const int stream = NF_HAVE_STREAM && y != x && total * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
     if (D >= NF_ROW_MIN) {
         /* one unit per NF_CHUNK piece of a contiguous segment x[a][b][c][:] */
         const int64_t P = nf_cdiv(D, NF_CHUNK), U = A * B * C * P;
-        #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
-        for (int64_t u = 0; u < U; ++u) {
-            const int64_t g = u / P, c = g % C, a = g / (B * C), s = a * C + c;
-            const int64_t o = g * D + (u % P) * NF_CHUNK, n = g * D + D - o < NF_CHUNK ? g * D + D - o : NF_CHUNK;
-            if (dy) NF_S(nf_seg_apply_dy)(x + o, dy + o, y + o, n, m[s], p[s], q[s], r[s]);
-            else NF_S(nf_seg_apply)(x + o, y + o, n, m[s], p[s], q[s]);
+        #pragma omp parallel num_threads(nth) if (nth > 1)
+        {
+            #pragma omp for schedule(static)
+            for (int64_t u = 0; u < U; ++u) {
+                const int64_t g = u / P, c = g % C, a = g / (B * C), s = a * C + c;
+                const int64_t o = g * D + (u % P) * NF_CHUNK, n = g * D + D - o < NF_CHUNK ? g * D + D - o : NF_CHUNK;
+                if (dy) NF_S(nf_seg_apply_dy)(x + o, dy + o, y + o, n, m[s], p[s], q[s], r[s]);
+                else NF_S(nf_seg_apply)(x + o, y + o, n, m[s], p[s], q[s], stream);
+            }
+            if (stream) nf_stream_fence();   /* each thread orders its own streaming stores */
         }
         return 0;
     }
@@ -98,7 +120,10 @@ static int NF_S(nf_rows_forward)(const NF_T *x, NF_T *y, int64_t M, int64_t N, c
     if (M == 0) return 0;
     const int nth = nf_threads(nt, M * N);
     const int64_t nseg = seg > 0 ? N / seg : 0;
-    #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
+    const int stream = NF_HAVE_STREAM && y != x && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
+    #pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+    #pragma omp for schedule(static)
     for (int64_t i = 0; i < M; ++i) {
         const NF_T *xr = x + i * N;
         NF_T *yr = y + i * N;
@@ -106,13 +131,16 @@ static int NF_S(nf_rows_forward)(const NF_T *x, NF_T *y, int64_t M, int64_t N, c
         double var = N > 0 ? mo.m2 / (double)N : NAN;
         double rs = 1.0 / sqrt(var + eps);
         mean[i] = mo.mean; rstd[i] = rs;
-        if (!w) NF_S(nf_seg_apply)(xr, yr, N, mo.mean, rs, 0.0);
-        else if (seg == 1) NF_S(nf_seg_apply_wb)(xr, yr, N, mo.mean, rs, w + (i % period) * N, b + (i % period) * N);
+        if (!w) NF_S(nf_seg_apply)(xr, yr, N, mo.mean, rs, 0.0, stream);
+        else if (seg == 1)
+            NF_S(nf_seg_apply_wb)(xr, yr, N, mo.mean, rs, w + (i % period) * N, b + (i % period) * N, stream);
         else {
             const double *wi = w + (i % period) * nseg, *bi = b + (i % period) * nseg;
             for (int64_t j = 0; j < nseg; ++j)
-                NF_S(nf_seg_apply)(xr + j * seg, yr + j * seg, seg, mo.mean, rs * wi[j], bi[j]);
+                NF_S(nf_seg_apply)(xr + j * seg, yr + j * seg, seg, mo.mean, rs * wi[j], bi[j], stream);
         }
+    }
+    if (stream) nf_stream_fence();
     }
     return 0;
 }
@@ -133,7 +161,10 @@ static int NF_S(nf_rows_add_forward)(const NF_T *x, const NF_T *res, NF_T *h, NF
 {
     if (M == 0) return 0;
     const int nth = nf_threads(nt, M * N);
-    #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
+    const int stream = NF_HAVE_STREAM && y != x && y != res && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
+    #pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+    #pragma omp for schedule(static)
     for (int64_t i = 0; i < M; ++i) {
         NF_T *hr = h + i * N;
         NF_S(nf_seg_add)(x + i * N, res + i * N, hr, N);
@@ -141,8 +172,10 @@ static int NF_S(nf_rows_add_forward)(const NF_T *x, const NF_T *res, NF_T *h, NF
         double var = N > 0 ? mo.m2 / (double)N : NAN;
         double rs = 1.0 / sqrt(var + eps);
         mean[i] = mo.mean; rstd[i] = rs;
-        if (w) NF_S(nf_seg_apply_wb)(hr, y + i * N, N, mo.mean, rs, w, b);
-        else NF_S(nf_seg_apply)(hr, y + i * N, N, mo.mean, rs, 0.0);
+        if (w) NF_S(nf_seg_apply_wb)(hr, y + i * N, N, mo.mean, rs, w, b, stream);
+        else NF_S(nf_seg_apply)(hr, y + i * N, N, mo.mean, rs, 0.0, stream);
+    }
+    if (stream) nf_stream_fence();
     }
     return 0;
 }
