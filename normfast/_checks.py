@@ -23,9 +23,14 @@ def compute_dtype(dtype):
     return np.dtype(np.float64) if np.dtype(dtype).itemsize == 8 else np.dtype(np.float32)
 
 
+def kernel_array(a, dtype):
+    """C-contiguous, aligned, native-order array of `dtype` (copies only when needed)."""
+    return np.require(a, dtype=dtype, requirements=("C", "A"))
+
+
 def as_kernel_input(x):
-    """C-contiguous array in the kernel dtype (copies only when needed)."""
-    return np.ascontiguousarray(x, dtype=compute_dtype(x.dtype))
+    """C-contiguous aligned array in the kernel dtype (copies only when needed)."""
+    return kernel_array(x, compute_dtype(x.dtype))
 
 
 def check_eps(eps, name="eps"):

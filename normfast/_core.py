@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ._checks import as_kernel_input
+from ._checks import as_kernel_input, kernel_array
 from ._engine_cpu import CpuEngine
 
 ENGINE = CpuEngine
@@ -67,7 +67,7 @@ def empty_aligned(shape, dtype):
 
 def target(out, xk):
     """The array the kernel writes: `out` itself when it is C-contiguous in the kernel dtype."""
-    if out is not None and out.dtype == xk.dtype and out.flags.c_contiguous:
+    if out is not None and out.dtype == xk.dtype and out.flags.c_contiguous and out.flags.aligned:
         return out
     return empty_aligned(xk.shape, xk.dtype)
 
@@ -153,8 +153,8 @@ def rows_backward(dy, x, M, N, mean, rstd, w, needs, gh=None):
     """Row-wise backward (Layer/RMS).  needs = (dx, dw, db); gh (optional) is added to dx.
     Returns float64 dw/db."""
     xk = as_kernel_input(x)
-    dyk = np.ascontiguousarray(dy, dtype=xk.dtype)
-    ghk = None if gh is None else np.ascontiguousarray(gh, dtype=xk.dtype)
+    dyk = kernel_array(dy, xk.dtype)
+    ghk = None if gh is None else kernel_array(gh, xk.dtype)
     mean = None if mean is None else np.ascontiguousarray(mean, dtype=np.float64).reshape(-1)
     rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
     return ENGINE.rows_backward(xk, dyk, M, N, mean, rstd, w, *needs, gh=ghk)
@@ -172,7 +172,7 @@ def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs):
     Returns (dx, dw, db) with dw/db float64 (C,) (None where not needed)."""
     A, B, C, D = dims
     xk = as_kernel_input(x)
-    dyk = np.ascontiguousarray(dy, dtype=xk.dtype)
+    dyk = kernel_array(dy, xk.dtype)
     mean = np.ascontiguousarray(mean, dtype=np.float64).reshape(-1)
     rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
     need_dx, need_dw, need_db = needs

@@ -37,7 +37,7 @@ def _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_ou
         h = np.add(x, residual, out=residual_out)
         y, mean, rstd = _core.normalize_along(h, tuple(range(x.ndim - len(shape), x.ndim)), w, b, eps, out, rms)
         return y, h, mean, rstd
-    xk, rk = np.ascontiguousarray(x), np.ascontiguousarray(residual)
+    xk, rk = _core.kernel_array(x, x.dtype.newbyteorder('=')), _core.kernel_array(residual, x.dtype.newbyteorder('='))
     hk = _core.target(residual_out, xk)
     yk = _core.target(out, xk)
     if hk is yk:
