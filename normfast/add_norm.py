@@ -32,7 +32,7 @@ def _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_ou
             raise ValueError("out and residual_out must be different arrays")
     lead = x.shape[:x.ndim - len(shape)]
     M, N = _core.prod(lead), _core.prod(shape)
-    if x.dtype == np.float16:
+    if x.dtype.itemsize == 2:
         # No float16 kernel: the add is done by NumPy in float16 (same rounding), then the norm.
         h = np.add(x, residual, out=residual_out)
         y, mean, rstd = _core.normalize_along(h, tuple(range(x.ndim - len(shape), x.ndim)), w, b, eps, out, rms)

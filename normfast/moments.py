@@ -45,7 +45,7 @@ def moments(x, axis=None, *, correction=0, keepdims=False, return_count=False):
     if keepdims:
         shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
         mean, var = mean.reshape(shape), var.reshape(shape)
-    dt = np.float64 if x.dtype == np.float64 else np.float32
+    dt = np.float64 if np.dtype(x.dtype).itemsize == 8 else np.float32
     mean, var = np.asarray(mean, dtype=dt), np.asarray(var, dtype=dt)
     return (mean, var, count) if return_count else (mean, var)
 
