@@ -8,29 +8,19 @@ import numpy as np
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
+def is_device_array(x):
+    """A CuPy array (reaches the operators only through the GPU route of the dispatcher)."""
+    return type(x).__module__.split(".", 1)[0] == "cupy"
+
+
 def check_float_array(x, name="x"):
-    """x must be a NumPy array of float16/32/64; returns it (never copies)."""
-    if not isinstance(x, np.ndarray):
+    """x must be a NumPy (or, on the GPU route, CuPy) array of float16/32/64 (bfloat16 on the
+    GPU); returns it (never copies)."""
+    if not isinstance(x, np.ndarray) and not is_device_array(x):
         raise TypeError(f"{name} must be an array, got {type(x).__name__}")
-    if x.dtype.type not in FLOAT_DTYPES:
+    if x.dtype.type not in FLOAT_DTYPES and not (is_device_array(x) and x.dtype.name == "bfloat16"):
         raise TypeError(f"{name} must have a floating dtype (float16, float32 or float64), got {x.dtype}")
     return x
-
-
-def compute_dtype(dtype):
-    """Kernels run on native float32 or float64; float16 is computed in float32 (byte-swapped
-    input is converted to native order)."""
-    return np.dtype(np.float64) if np.dtype(dtype).itemsize == 8 else np.dtype(np.float32)
-
-
-def kernel_array(a, dtype):
-    """C-contiguous, aligned, native-order array of `dtype` (copies only when needed)."""
-    return np.require(a, dtype=dtype, requirements=("C", "A"))
-
-
-def as_kernel_input(x):
-    """C-contiguous aligned array in the kernel dtype (copies only when needed)."""
-    return kernel_array(x, compute_dtype(x.dtype))
 
 
 def check_eps(eps, name="eps"):
@@ -88,6 +78,8 @@ def check_param(p, shape, name, xp_dtype=None):
     """weight / bias: None or an array-like of exactly `shape` and a float dtype; returned as float64 NumPy."""
     if p is None:
         return None
+    if is_device_array(p):
+        p = p.get()                      # parameters are small: host float64 for the coefficients
     if not isinstance(p, np.ndarray):
         if isinstance(p, (list, tuple, numbers.Real)):
             p = np.asarray(p, dtype=np.float64)
@@ -104,30 +96,41 @@ def check_out(out, shape, dtype, x):
     """out: None or a writable array of x's shape and dtype, either x itself or not overlapping it."""
     if out is None:
         return None
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array or None, got {type(out).__name__}")
+    if type(out) is not type(x):
+        raise TypeError(f"out must be an array of x's type ({type(x).__name__}) or None, got {type(out).__name__}")
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(out.shape)}")
     if out.dtype != dtype:
         raise TypeError(f"out must have dtype {dtype}, got {out.dtype}")
-    if not out.flags.writeable:
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("out is read-only")
-    if out is not x and np.shares_memory(out, x) and not _same_view(out, x):
+    if out is not x and _overlap(out, x) and not _same_view(out, x):
         raise ValueError("out overlaps x partially; pass out=x for in-place or a separate array")
     return out
 
 
+def _ptr(a):
+    return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
+
+
+def _overlap(a, b):
+    if isinstance(a, np.ndarray):
+        return np.shares_memory(a, b)
+    # device arrays: conservative extent test
+    lo_a, lo_b = _ptr(a), _ptr(b)
+    return lo_a < lo_b + b.nbytes and lo_b < lo_a + a.nbytes
+
+
 def _same_view(a, b):
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-            and a.strides == b.strides and a.shape == b.shape and a.dtype == b.dtype)
+    return _ptr(a) == _ptr(b) and a.strides == b.strides and a.shape == b.shape and a.dtype == b.dtype
 
 
 def check_buffer(buf, shape, name):
     """Running statistics buffers: writable float arrays of `shape`, updated in place."""
     if buf is None:
         return None
-    if not isinstance(buf, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array or None, got {type(buf).__name__}")
+    if not isinstance(buf, np.ndarray) and not is_device_array(buf):
+        raise TypeError(f"{name} must be an array or None, got {type(buf).__name__}")
     if buf.dtype.kind != "f":
         raise TypeError(f"{name} must have a floating dtype, got {buf.dtype}")
     if tuple(buf.shape) != tuple(shape):
@@ -136,5 +139,5 @@ def check_buffer(buf, shape, name):
 
 
 def check_writable(buf, name):
-    if buf is not None and not buf.flags.writeable:
+    if isinstance(buf, np.ndarray) and not buf.flags.writeable:
         raise ValueError(f"{name} is read-only but must be updated in place")

@@ -9,14 +9,47 @@ reduced over (b, d):
   GroupNorm NHWC              -> (N, HW, G, C/G)    InstanceNorm NHWC -> (N, HW, C, 1)
 Other patterns (e.g. R K R K) are transposed once into (M, 1, 1, N).
 """
+import contextlib
+import contextvars
 import math
 
 import numpy as np
 
-from ._checks import as_kernel_input, kernel_array
 from ._engine_cpu import CpuEngine
 
-ENGINE = CpuEngine
+# The engine (CPU kernels, or the GPU adapter while a CuPy call runs) is per call context,
+# so concurrent threads can use different backends.  Statistics and coefficients are
+# always small host NumPy float64 arrays; only x-sized arrays live on the engine's device.
+_ENGINE = contextvars.ContextVar("normfast_engine", default=CpuEngine)
+ENGINE = CpuEngine      # the CPU engine; engine() gives the one of the current call
+
+
+def engine():
+    return _ENGINE.get()
+
+
+@contextlib.contextmanager
+def using(eng):
+    token = _ENGINE.set(eng)
+    try:
+        yield eng
+    finally:
+        _ENGINE.reset(token)
+
+
+def as_kernel_input(x):
+    """x as the engine's kernels take it: C-contiguous, aligned, in the kernel dtype."""
+    eng = engine()
+    return eng.kernel_array(x, eng.kernel_dtype(x.dtype))
+
+
+def kernel_array(a, dtype):
+    return engine().kernel_array(a, dtype)
+
+
+def host(a):
+    """Small arrays (statistics, running buffers) as host NumPy float64."""
+    return engine().to_host(a)
 
 
 def prod(seq):
@@ -52,7 +85,7 @@ def plan4d(shape, red_axes):
 ALIGN = 64
 
 
-def empty_aligned(shape, dtype):
+def empty_aligned(shape, dtype):  # noqa: D401
     """np.empty with the data 64-byte aligned (a cache line): NumPy only guarantees 16 bytes,
     and the streaming stores of large outputs want whole lines.  Large NumPy allocations keep
     NumPy's allocator (huge pages) since this is a view of one."""
@@ -67,9 +100,10 @@ def empty_aligned(shape, dtype):
 
 def target(out, xk):
     """The array the kernel writes: `out` itself when it is C-contiguous in the kernel dtype."""
-    if out is not None and out.dtype == xk.dtype and out.flags.c_contiguous and out.flags.aligned:
+    eng = engine()
+    if out is not None and out.dtype == xk.dtype and eng.writable_as_is(out):
         return out
-    return empty_aligned(xk.shape, xk.dtype)
+    return eng.empty(xk.shape, xk.dtype)
 
 
 def finish(out, dtype, yk):
@@ -77,13 +111,13 @@ def finish(out, dtype, yk):
     if out is None:
         return yk if yk.dtype == dtype else yk.astype(dtype)
     if yk is not out:
-        np.copyto(out, yk, casting="unsafe")
+        engine().xp.copyto(out, yk, casting="unsafe")
     return out
 
 
 def moments4d(xk, dims, rms=False):
     """(n, mean, M2) float64 arrays per (a, c)."""
-    r = ENGINE.reduce(xk, dims, 1 if rms else 0)
+    r = engine().reduce(xk, dims, 1 if rms else 0)
     return r[:, 0], r[:, 1], r[:, 2]
 
 
@@ -96,7 +130,7 @@ def apply_affine(xk, y, dims, mean, rstd, w=None, b=None):
     """y = (x - mean) * (rstd * w) + b with mean/rstd/w/b per (a, c) (w, b broadcastable)."""
     p = rstd if w is None else rstd * w
     q = np.zeros_like(mean) if b is None else np.broadcast_to(b, mean.shape)
-    ENGINE.apply(xk, dims, np.ascontiguousarray(mean, dtype=np.float64), np.ascontiguousarray(p, dtype=np.float64),
+    engine().apply(xk, dims, np.ascontiguousarray(mean, dtype=np.float64), np.ascontiguousarray(p, dtype=np.float64),
                  np.ascontiguousarray(q, dtype=np.float64), y)
     return y
 
@@ -107,7 +141,7 @@ def rows(xk, y, M, N, w, b, eps, rms=False, seg=1, period=1):
         w = np.ones_like(b)
     if b is None and w is not None:
         b = np.zeros_like(w)
-    mean, rstd = ENGINE.rows_forward(xk, M, N, w, b, seg, period, eps, rms, y)
+    mean, rstd = engine().rows_forward(xk, M, N, w, b, seg, period, eps, rms, y)
     if N == 0:
         mean[:] = np.nan
     return mean, rstd
@@ -140,10 +174,11 @@ def normalize_along(x, axes, w, b, eps, out, rms=False):
         # Pattern outside the 4-d form, or an affine that varies inside the reduced
         # axes: one transposing copy into (M, N) rows, then back.
         perm = kept + list(axes)
-        xt = np.ascontiguousarray(xk.transpose(perm))
-        yt = np.empty_like(xt)
+        eng = engine()
+        xt = eng.kernel_array(xk.transpose(perm), xk.dtype)
+        yt = eng.empty(xt.shape, xt.dtype)
         mean, rstd = rows(xt, yt, M, N, wf, bf, eps, rms)
-        y = np.empty_like(xk)
+        y = eng.empty(xk.shape, xk.dtype)
         y.transpose(perm)[...] = yt
     y = finish(out, x.dtype, y)
     return y, mean.reshape(stat_shape), rstd.reshape(stat_shape)
@@ -157,7 +192,7 @@ def rows_backward(dy, x, M, N, mean, rstd, w, needs, gh=None):
     ghk = None if gh is None else kernel_array(gh, xk.dtype)
     mean = None if mean is None else np.ascontiguousarray(mean, dtype=np.float64).reshape(-1)
     rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
-    return ENGINE.rows_backward(xk, dyk, M, N, mean, rstd, w, *needs, gh=ghk)
+    return engine().rows_backward(xk, dyk, M, N, mean, rstd, w, *needs, gh=ghk)
 
 
 def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs):
@@ -177,7 +212,7 @@ def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs):
     rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
     need_dx, need_dw, need_db = needs
     wc = np.ones(C) if w is None else w
-    r = ENGINE.reduce(xk, dims, 2, dyk, mean)
+    r = engine().reduce(xk, dims, 2, dyk, mean)
     sdy = r[:, 1].reshape(A, C)
     sxh = (r[:, 2] * rstd).reshape(A, C)                   # sum(dy * xh) per (a, c)
     dw = sxh.sum(axis=0) if need_dw else None
@@ -195,8 +230,8 @@ def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs):
             beta, gamma = -rs * rs * s2 / n, -rs * s1 / n
         else:
             beta = gamma = np.zeros_like(alpha)
-        dx = empty_aligned(xk.shape, xk.dtype)
-        ENGINE.apply(xk, dims, mean, np.ascontiguousarray(beta.reshape(-1)), np.ascontiguousarray(gamma.reshape(-1)),
+        dx = engine().empty(xk.shape, xk.dtype)
+        engine().apply(xk, dims, mean, np.ascontiguousarray(beta.reshape(-1)), np.ascontiguousarray(gamma.reshape(-1)),
                      dx, dyk, np.ascontiguousarray(alpha.reshape(-1)))
         if dx.dtype != x.dtype:
             dx = dx.astype(x.dtype)
@@ -224,6 +259,9 @@ def grad_cast(g, x, weight):
 def check_grad_out(grad_out, x):
     from ._checks import check_float_array
     grad_out = check_float_array(grad_out, "grad_out")
+    if type(grad_out) is not type(x):
+        raise TypeError(f"grad_out must be the same array type as x ({type(x).__name__}), "
+                        f"got {type(grad_out).__name__}")
     if grad_out.shape != x.shape:
         raise ValueError(f"grad_out must have x's shape {tuple(x.shape)}, got {tuple(grad_out.shape)}")
     return grad_out
@@ -233,7 +271,7 @@ def check_stats(s, shape, name):
     """mean / rstd as saved by the forward: any float array of `shape` (or its size)."""
     if s is None:
         raise TypeError(f"{name} is required")
-    s = np.asarray(s)
+    s = host(s) if not isinstance(s, np.ndarray) else s
     if s.dtype.kind != "f":
         raise TypeError(f"{name} must have a floating dtype, got {s.dtype}")
     if s.size != prod(shape):

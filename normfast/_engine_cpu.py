@@ -20,6 +20,28 @@ class CpuEngine:
     xp = np
 
     @staticmethod
+    def kernel_dtype(dtype):
+        """Kernels run on native float32 / float64; float16 is computed in float32."""
+        return np.dtype(np.float64) if np.dtype(dtype).itemsize == 8 else np.dtype(np.float32)
+
+    @staticmethod
+    def kernel_array(a, dtype):
+        """C-contiguous, aligned, native-order array of `dtype` (copies only when needed)."""
+        return np.require(a, dtype=dtype, requirements=("C", "A"))
+
+    @staticmethod
+    def writable_as_is(out):
+        return out.flags.c_contiguous and out.flags.aligned
+
+    @staticmethod
+    def empty(shape, dtype):
+        return _core_empty(shape, dtype)
+
+    @staticmethod
+    def to_host(a):
+        return np.asarray(a)
+
+    @staticmethod
     def reduce(x, dims, kind=0, dy=None, m=None):
         """Per (a, c) of x[A, B, C, D]: kind 0 -> (n, mean, M2); 1 -> (n, 0, sum x^2);
         2 -> (n, sum dy, sum dy * (x - m[a, c])).  Returns a (A*C, 3) float64 array."""

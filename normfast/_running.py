@@ -39,5 +39,16 @@ def momentum_factor(momentum, num_batches_tracked):
 
 def update(buf, value, factor):
     """buf <- (1 - factor) * buf + factor * value, in place, computed in float64."""
-    if buf is not None:
-        buf[...] = (1.0 - factor) * buf.astype(np.float64) + factor * value
+    if buf is None:
+        return
+    from ._core import host
+    new = (1.0 - factor) * host(buf).astype(np.float64) + factor * value
+    if isinstance(buf, np.ndarray):
+        buf[...] = new
+    else:                                   # device buffer: one host -> device copy
+        buf[...] = _device_copy(buf, new)
+
+
+def _device_copy(buf, new):
+    import cupy
+    return cupy.asarray(new.astype(buf.dtype))

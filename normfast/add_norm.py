@@ -21,23 +21,23 @@ def _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_ou
     w = check_param(weight, shape, "weight")
     b = check_param(bias, shape, "bias")
     out = check_out(out, x.shape, x.dtype, x)
-    if out is not None and out is not residual and np.shares_memory(out, residual) and out.shape != residual.shape:
-        raise ValueError("out overlaps residual partially")
+    if out is not None and out is not residual:
+        check_out(out, x.shape, x.dtype, residual)
     if residual_out is not None:
-        if not isinstance(residual_out, np.ndarray):
-            raise TypeError(f"residual_out must be a NumPy array or None, got {type(residual_out).__name__}")
         check_out(residual_out, x.shape, x.dtype, residual)
         check_out(residual_out, x.shape, x.dtype, x)
         if out is not None and residual_out is out:
             raise ValueError("out and residual_out must be different arrays")
     lead = x.shape[:x.ndim - len(shape)]
     M, N = _core.prod(lead), _core.prod(shape)
-    if x.dtype.itemsize == 2:
-        # No float16 kernel: the add is done by NumPy in float16 (same rounding), then the norm.
-        h = np.add(x, residual, out=residual_out)
+    eng = _core.engine()
+    if eng.kernel_dtype(x.dtype) != x.dtype.newbyteorder("="):
+        # No kernel for this dtype (float16 on the CPU): the add in x's dtype (same rounding
+        # as the unfused add), then the norm.
+        h = eng.xp.add(x, residual, out=residual_out)
         y, mean, rstd = _core.normalize_along(h, tuple(range(x.ndim - len(shape), x.ndim)), w, b, eps, out, rms)
         return y, h, mean, rstd
-    xk, rk = _core.kernel_array(x, x.dtype.newbyteorder('=')), _core.kernel_array(residual, x.dtype.newbyteorder('='))
+    xk, rk = _core.kernel_array(x, x.dtype.newbyteorder("=")), _core.kernel_array(residual, x.dtype.newbyteorder("="))
     hk = _core.target(residual_out, xk)
     yk = _core.target(out, xk)
     if hk is yk:
@@ -48,7 +48,7 @@ def _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_ou
         wf = np.ones_like(bf)
     if bf is None and wf is not None:
         bf = np.zeros_like(wf)
-    mean, rstd = _core.ENGINE.rows_add_forward(xk, rk, hk, yk, M, N, wf, bf, eps, rms)
+    mean, rstd = _core.engine().rows_add_forward(xk, rk, hk, yk, M, N, wf, bf, eps, rms)
     if N == 0:
         mean[:] = np.nan
     y = _core.finish(out, x.dtype, yk)

@@ -53,8 +53,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         if rm is None or rv is None:
             raise ValueError("running_mean and running_var must be given when training=False")
         xk = _core.as_kernel_input(x)
-        mean = rm.astype(np.float64)
-        rstd = 1.0 / np.sqrt(rv.astype(np.float64) + eps)
+        mean = _core.host(rm).astype(np.float64)
+        rstd = 1.0 / np.sqrt(_core.host(rv).astype(np.float64) + eps)
     y = _core.target(out, xk)
     _core.apply_affine(xk, y, dims, mean, rstd, w, b)
     y = _core.finish(out, x.dtype, y)

@@ -46,8 +46,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     else:
         if rm is None or rv is None:
             raise ValueError("running_mean and running_var must be given when use_input_stats=False")
-        mean = np.tile(rm.astype(np.float64), N)
-        rstd = np.tile(1.0 / np.sqrt(rv.astype(np.float64) + eps), N)
+        mean = np.tile(_core.host(rm).astype(np.float64), N)
+        rstd = np.tile(1.0 / np.sqrt(_core.host(rv).astype(np.float64) + eps), N)
         _core.apply_affine(xk, y, dims, mean, rstd, wt, bt)
     y = _core.finish(out, x.dtype, y)
     return (y, mean.reshape(N, C), rstd.reshape(N, C)) if return_stats else y

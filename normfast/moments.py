@@ -68,7 +68,14 @@ class Moments:
 
     @classmethod
     def from_array(cls, x, axis=0):
-        count, mean, m2, _ = _count_mean_m2(x, axis)
+        """Statistics of x over `axis` (NumPy, CPU DLPack or CuPy input; state on the host)."""
+        from ._checks import is_device_array
+        if is_device_array(x):
+            from ._gpu.dispatch import GpuAdapter
+            with _core.using(GpuAdapter):
+                count, mean, m2, _ = _count_mean_m2(x, axis)
+        else:
+            count, mean, m2, _ = _count_mean_m2(x, axis)
         return cls(count, mean, m2)
 
     def update(self, x, axis=0):
