@@ -53,7 +53,7 @@ def host(a):
 
 
 def prod(seq):
-    return math.prod(int(s) for s in seq)
+    return math.prod(seq)
 
 
 def plan4d(shape, red_axes):

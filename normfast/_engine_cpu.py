@@ -27,6 +27,8 @@ class CpuEngine:
     @staticmethod
     def kernel_array(a, dtype):
         """C-contiguous, aligned, native-order array of `dtype` (copies only when needed)."""
+        if type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned:
+            return a
         return np.require(a, dtype=dtype, requirements=("C", "A"))
 
     @staticmethod

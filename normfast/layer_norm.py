@@ -7,10 +7,12 @@ from ._checks import check_eps, check_float_array, check_out, check_param
 
 def normalized_axes(x, normalized_shape, fname):
     """Trailing axes named by ``normalized_shape`` (int or sequence of ints), checked against x."""
-    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+    if type(normalized_shape) is int:                       # fast path for the common call
+        normalized_shape = (normalized_shape,)
+    elif isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         normalized_shape = (int(normalized_shape),)
     if isinstance(normalized_shape, (str, bytes)) or not hasattr(normalized_shape, "__iter__") or not all(
-            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in normalized_shape):
+            type(s) is int or isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in normalized_shape):
         raise TypeError(f"{fname}: normalized_shape must be an int or a sequence of ints, "
                         f"got {normalized_shape!r}")
     shape = tuple(int(s) for s in normalized_shape)

@@ -41,7 +41,7 @@
 #define NF_CHUNK 8192         /* elements per statistics chunk (row mode) */
 #define NF_MIN_ROWS 64        /* minimum rows per chunk (column mode) */
 #define NF_COL_CHUNK 32768    /* values per column-mode chunk (kept in L2 while lanes are walked) */
-#define NF_PAR_MIN 65536      /* below this many elements a call stays serial */
+#define NF_PAR_MIN 16384      /* below this many elements a call stays serial */
 
 typedef struct { double n, mean, m2; } nf_mom;
 

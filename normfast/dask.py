@@ -1,0 +1,464 @@
+"""normfast on Dask arrays: out-of-core / distributed statistics and normalization.
+
+Import it explicitly (``import normfast.dask``); ``import normfast`` never imports Dask.
+
+Every function here follows the same plan:
+
+1. **Statistics in one read of the array.**  Each chunk is reduced by normfast's CPU kernel
+   to its ``(count, mean, M2)`` in float64 (``M2`` = sum of squared deviations from the
+   chunk mean); the partial states travel as small NumPy structured arrays (fields
+   ``count``, ``mean``, ``m2``) through Dask's tree reduction, where they are merged with
+   Chan's formula (:meth:`normfast.Moments.merge`).  Chunking along the reduced axes is
+   allowed (even uneven); the result equals the in-memory :func:`normfast.moments` to float64
+   rounding (about 1e-15 relative, never the catastrophic cancellation of sum / sum-of-squares).
+2. **Normalization with** ``map_blocks`` / ``blockwise``: every chunk is normalized by
+   normfast's kernels using the global statistics (e.g. :func:`normfast.batch_norm` in eval
+   mode with the global mean / biased variance as its running statistics).
+
+The results are lazy Dask arrays.  The statistics and the normalization live in one graph,
+so an input chunk is read once but has to stay in (worker) memory until the statistics are
+reduced -- Dask spills to disk when that does not fit.  For arrays much larger than the
+cluster's memory pass ``compute_stats=True``: the statistics are computed at call time
+(``dask.compute``) and enter the returned graph as constants, so the input is read twice
+(now and when the result is computed) but never has to be held.
+
+Chunks that are not NumPy arrays (e.g. CuPy) are handed to normfast's generic top-level
+functions (``normfast.moments``, ``normfast.batch_norm``, ``normfast.layer_norm``), cast to
+float64 for the statistics; the partial statistics always come back to host NumPy.
+
+Threads: on ``dask.distributed`` workers the kernels run single-threaded (the nanny sets
+``OMP_NUM_THREADS=1``; parallelism comes from the workers).  With Dask's local threaded
+scheduler every task may also start normfast's OpenMP threads; call
+``normfast.set_num_threads(1)`` to avoid oversubscribing the cores.
+"""
+import math
+import numbers
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.array.utils import asarray_safe
+
+from . import _core, _running
+from ._checks import FLOAT_DTYPES, check_eps, check_int, check_momentum, check_param, normalize_axes
+from .batch_norm import channel_dims
+from .layer_norm import normalized_axes
+from .moments import Moments, _count_mean_m2
+
+__all__ = ["STATS_DTYPE", "batch_norm", "group_norm", "layer_norm", "moments", "moments_state", "standardize"]
+
+#: dtype of the partial / merged statistics (one record per kept position).
+STATS_DTYPE = np.dtype([("count", np.float64), ("mean", np.float64), ("m2", np.float64)])
+
+
+# --------------------------------------------------------------------------- checks
+
+def _check_array(x, fname):
+    """A Dask array of float16/32/64 (NumPy arrays are wrapped as one chunk)."""
+    if not isinstance(x, da.Array):
+        if isinstance(x, np.ndarray):
+            x = da.from_array(x, chunks=x.shape or ())
+        else:
+            raise TypeError(f"{fname}: x must be a dask.array.Array, got {type(x).__name__}")
+    if x.dtype.type not in FLOAT_DTYPES:
+        raise TypeError(f"{fname}: x must have a floating dtype (float16, float32 or float64), got {x.dtype}")
+    return x
+
+
+def _known(*sizes):
+    return all(isinstance(s, numbers.Integral) or (isinstance(s, float) and math.isfinite(s)) for s in sizes)
+
+
+def _out_dtype(dtype):
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def _channel_chunks(p, chunks):
+    """A (C,) parameter / statistic as a Dask array chunked like x's channel axis (None stays None)."""
+    if p is None:
+        return None
+    return da.from_array(np.asarray(p), chunks=(chunks,))
+
+
+def _bw_arg(a, ind):
+    """(array, index) pair for da.blockwise; None literals are passed through."""
+    return (a, ind) if a is not None else (None, None)
+
+
+def _like(a, block):
+    """`a` (a small NumPy array) on the array library of `block`."""
+    if a is None or isinstance(block, np.ndarray):
+        return a
+    return asarray_safe(a, like=block)
+
+
+def _to_numpy(a):
+    a = a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a
+    return np.asarray(a, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- statistics reduction
+
+def _block_stats(block, axis, keepdims=True, **kwargs):
+    """Dask `chunk` step: (count, mean, M2) of one block over `axis`, as a STATS_DTYPE array
+    with the block's shape and 1 on the reduced axes."""
+    axis = tuple(axis)
+    shape = tuple(1 if i in axis else s for i, s in enumerate(block.shape))
+    if isinstance(block, np.ndarray):
+        count, mean, m2, _ = _count_mean_m2(block, axis)
+    else:
+        # Foreign chunk (CuPy, ...): the generic top-level function, in float64.
+        import normfast
+        b64 = block.astype(np.float64)
+        mean, var, count = normfast.moments(b64, axis, return_count=True)
+        mean, var = _to_numpy(mean), _to_numpy(var)
+        m2 = var * count if count > 0 else np.zeros_like(var)
+    out = np.empty(shape, dtype=STATS_DTYPE)
+    out["count"] = count
+    out["mean"] = np.reshape(mean, shape)
+    out["m2"] = np.reshape(m2, shape)
+    return out
+
+
+def _flatten(parts):
+    if isinstance(parts, (list, tuple)):
+        for p in parts:
+            yield from _flatten(p)
+    else:
+        yield parts
+
+
+def _merge_stats(parts, axis, keepdims=True, **kwargs):
+    """Dask `combine` / `aggregate` step: Chan's merge of the partial states (nested lists)."""
+    blocks = list(_flatten(parts))
+    m = Moments.reduce(Moments(b["count"], b["mean"], b["m2"]) for b in blocks)
+    shape = blocks[0].shape
+    out = np.empty(shape, dtype=STATS_DTYPE)
+    out["count"] = m.count
+    out["mean"] = np.where(m.count == 0, np.nan, m.mean)
+    out["m2"] = m.m2
+    if not keepdims:
+        out = out.reshape(tuple(s for i, s in enumerate(shape) if i not in axis))
+    return out
+
+
+def _point_stats(block):
+    """Statistics of single elements (no reduced axis): count 1, mean x, M2 0."""
+    out = np.empty(block.shape, dtype=STATS_DTYPE)
+    out["count"] = 1.0
+    out["mean"] = _to_numpy(block)
+    out["m2"] = 0.0
+    return out
+
+
+def _stats(x, axes, keepdims=False, split_every=None):
+    """Lazy STATS_DTYPE Dask array: the merged (count, mean, M2) of x over `axes` (float64),
+    chunked like x's kept axes.  x is read once."""
+    if not axes:
+        st = x.map_blocks(_point_stats, dtype=STATS_DTYPE, meta=np.empty((0,) * x.ndim, STATS_DTYPE))
+        return st
+    meta = np.empty((0,) * (x.ndim if keepdims else x.ndim - len(axes)), dtype=STATS_DTYPE)
+    return da.reduction(x, _block_stats, _merge_stats, combine=_merge_stats, axis=axes, keepdims=keepdims,
+                        dtype=STATS_DTYPE, split_every=split_every, concatenate=False, meta=meta,
+                        name="normfast-moments")
+
+
+def _maybe_compute(st, compute_stats):
+    """With compute_stats, evaluate the statistics now and return them as a constant Dask array."""
+    if not compute_stats:
+        return st
+    (val,) = dask.compute(st)
+    return da.from_array(val, chunks=st.chunks)
+
+
+def _var_block(st, correction):
+    c = st["count"] - correction
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(c > 0, st["m2"] / np.where(c > 0, c, 1), np.nan)
+
+
+def _reduced_axes(x, axis):
+    if x.ndim == 0:
+        if axis is not None:
+            raise ValueError(f"axis={axis} is out of range for an array of 0 dimensions")
+        return ()
+    return tuple(range(x.ndim)) if axis is None else normalize_axes(axis, x.ndim)
+
+
+def moments(x, axis=None, *, correction=0, keepdims=False, return_count=False, split_every=None):
+    """Mean and variance of the Dask array ``x`` over ``axis``, reading ``x`` once.
+
+    Same contract as :func:`normfast.moments`: ``axis`` None (all), int or tuple of ints;
+    ``correction`` degrees of freedom (0: biased, 1: unbiased); returns lazy Dask arrays
+    ``(mean, var)`` (``(mean, var, count)`` with ``return_count``; ``count`` is a Python int
+    when the shape is known) in float64 for float64 input and float32 otherwise.
+    Accumulation and the merge of the chunks' partial states (Chan's formula in Dask's tree
+    reduction, ``split_every`` as in Dask's reductions) are float64, so the result equals the
+    in-memory ``normfast.moments`` to float64 rounding, for any chunking.
+
+    ``mean`` and ``var`` share one reduction: compute them together
+    (``dask.compute(mean, var)``) to read ``x`` once.  :func:`moments_state` returns the
+    float64 :class:`normfast.Moments` itself.
+    """
+    x = _check_array(x, "moments")
+    correction = check_int(correction, "correction", 0)
+    axes = _reduced_axes(x, axis)
+    xx = x.reshape((1,)) if x.ndim == 0 else x
+    st = _stats(xx, axes or (0,), keepdims, split_every)
+    if x.ndim == 0:
+        st = st.reshape(())
+    dt = _out_dtype(x.dtype)
+    mean = st["mean"].astype(dt)
+    var = st.map_blocks(_var_block, correction, dtype=np.float64).astype(dt)
+    if not return_count:
+        return mean, var
+    red_sizes = [x.shape[i] for i in axes]
+    if _known(*red_sizes):
+        count = _core.prod(red_sizes)
+    else:
+        count = st["count"].ravel()[0].astype(np.int64) if st.size else da.zeros((), dtype=np.int64)
+    return mean, var, count
+
+
+def moments_state(x, axis=0, *, split_every=None):
+    """The float64 :class:`normfast.Moments` (count, mean, M2) of ``x`` over ``axis``, computed now.
+
+    One read of ``x`` (``dask.compute``).  The state merges with other states
+    (:meth:`~normfast.Moments.merge`, e.g. other datasets or shards) and pickles compactly.
+    ``count`` is broadcast to the statistics' shape.
+    """
+    x = _check_array(x, "moments_state")
+    axes = _reduced_axes(x, axis)
+    xx = x.reshape((1,)) if x.ndim == 0 else x
+    (st,) = dask.compute(_stats(xx, axes or (0,), False, split_every))
+    if x.ndim == 0:
+        st = st.reshape(())
+    return Moments(st["count"], st["mean"], st["m2"])
+
+
+# --------------------------------------------------------------------------- applying statistics
+
+def _apply_np(block, red_axes, mean, p, q):
+    """y = (x - mean) * p + q on a NumPy block with mean/p/q per kept position (float64, any
+    shape of block.size / prod(reduced) elements in C order of the kept axes): one kernel pass."""
+    xk = _core.as_kernel_input(block)
+    red = set(red_axes)
+    kept = [i for i in range(xk.ndim) if i not in red]
+    mean, p, q = (np.ascontiguousarray(np.reshape(a, -1), dtype=np.float64) for a in (mean, p, q))
+    dims = _core.plan4d(xk.shape, red)
+    if dims is not None:
+        y = np.empty_like(xk)
+        _core.ENGINE.apply(xk, dims, mean, p, q, y)
+    else:
+        perm = kept + sorted(red)
+        xt = np.ascontiguousarray(xk.transpose(perm))
+        M = _core.prod(xk.shape[i] for i in kept)
+        yt = np.empty_like(xt)
+        _core.ENGINE.apply(xt, (M, 1, 1, _core.prod(xk.shape[i] for i in red)), mean, p, q, yt)
+        y = np.empty_like(xk)
+        y.transpose(perm)[...] = yt
+    return y if y.dtype == block.dtype else y.astype(block.dtype)
+
+
+def _apply_generic(block, red_axes, mean, p, q):
+    """Same as _apply_np for a foreign (non-NumPy) chunk, with its own array library, in float64."""
+    shape = tuple(1 if i in red_axes else s for i, s in enumerate(block.shape))
+    mean, p, q = (_like(np.reshape(a, shape), block) for a in (mean, p, q))
+    return ((block.astype(np.float64) - mean) * p + q).astype(block.dtype)
+
+
+def _apply(block, red_axes, mean, p, q):
+    return (_apply_np if isinstance(block, np.ndarray) else _apply_generic)(block, tuple(red_axes), mean, p, q)
+
+
+def _standardize_block(block, st, red_axes, eps, correction):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rstd = 1.0 / np.sqrt(_var_block(st, correction) + eps)
+    return _apply(block, red_axes, st["mean"], rstd, np.zeros_like(rstd))
+
+
+def standardize(x, axis=0, *, eps=0.0, correction=0, compute_stats=False, split_every=None):
+    """Feature standardization ``(x - mean) / sqrt(var + eps)`` with statistics over ``axis``.
+
+    The Dask counterpart of ``(x - x.mean(axis)) / x.std(axis)``: ``axis`` (int or tuple) are
+    the reduced axes (``axis=0`` of an (n_samples, n_features) array standardizes every
+    feature).  Defaults ``eps=0.0`` and ``correction=0`` (biased variance, like
+    ``numpy.std``), so the result equals that expression; a constant feature then gives NaN
+    (0/0) as NumPy does -- pass ``eps > 0`` to avoid it.  ``correction=1`` uses the unbiased
+    variance.  With ``correction=0`` this is ``normfast.normalize(x, axis, eps=eps)`` on the
+    in-memory array.
+
+    Statistics: one read of ``x`` (:func:`moments`' reduction); then every chunk is
+    normalized by normfast's kernel (``blockwise``).  Returns a lazy Dask array of x's
+    dtype and chunks.  ``compute_stats=True`` computes the statistics now (see the module
+    docstring: x is read twice but never held in memory, for larger-than-memory arrays).
+    """
+    x = _check_array(x, "standardize")
+    if x.ndim == 0:
+        raise ValueError("standardize: x must have at least 1 dimension")
+    axes = normalize_axes(axis, x.ndim)
+    eps = check_eps(eps)
+    correction = check_int(correction, "correction", 0)
+    st = _maybe_compute(_stats(x, axes, False, split_every), compute_stats)
+    inds = tuple(range(x.ndim))
+    kept = tuple(i for i in inds if i not in axes)
+    return da.blockwise(_standardize_block, inds, x, inds, st, kept, red_axes=axes, eps=eps,
+                        correction=correction, dtype=x.dtype, meta=x._meta, token="normfast-standardize")
+
+
+def _bn_block(block, mean, var, w, b, eps, ca):
+    import normfast
+    mean, var, w, b = (_like(a, block) for a in (mean, var, w, b))
+    return normfast.batch_norm(block, mean, var, w, b, training=False, eps=eps, channel_axis=ca)
+
+
+def _bn_stats_block(block, st, w, b, eps, ca):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = st["m2"] / st["count"]
+    return _bn_block(block, st["mean"], var, w, b, eps, ca)
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5, *, channel_axis=1, num_batches_tracked=None, compute_stats=False, split_every=None):
+    """Batch normalization of a Dask array (as :func:`normfast.batch_norm`, channels on ``channel_axis``).
+
+    training=False : every chunk is normalized with ``running_mean``/``running_var`` (required)
+        by :func:`normfast.batch_norm` in eval mode; no statistics are computed.
+    training=True : the per-channel batch statistics (over every axis but ``channel_axis``,
+        biased variance) are reduced across all chunks (:func:`moments`' reduction, one read of
+        ``x``), then every chunk is normalized with them by :func:`normfast.batch_norm` in eval
+        mode (the global mean / biased variance as its running statistics).  When
+        ``running_mean``/``running_var`` (or ``num_batches_tracked``) are given they are
+        updated in place exactly like :func:`normfast.batch_norm` (unbiased variance,
+        ``momentum``; ``momentum=None`` with ``num_batches_tracked``).  **That forces the
+        statistics to be computed eagerly, at call time, with** ``dask.compute`` (one read of
+        ``x``); the returned graph then uses them as constants (x is read again when the
+        result is computed).  ``compute_stats=True`` does the same without buffers.
+
+    weight, bias, running_mean, running_var : NumPy arrays of shape (C,).  Returns a lazy
+    Dask array of x's shape, dtype and chunks.
+    """
+    x = _check_array(x, "batch_norm")
+    ca, B, C, D = channel_dims(x, channel_axis, "batch_norm")
+    w = check_param(weight, (C,), "weight")
+    b = check_param(bias, (C,), "bias")
+    eps = check_eps(eps)
+    check_momentum(momentum)
+    rm, rv = _running.check_running(running_mean, running_var, C, training)
+    ch = x.chunks[ca]
+    inds = tuple(range(x.ndim))
+    wd, bd = _channel_chunks(w, ch), _channel_chunks(b, ch)
+    if training:
+        if _known(B, D) and B * D <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        red = tuple(i for i in inds if i != ca)
+        st = _stats(x, red, False, split_every)
+        track = rm is not None or rv is not None or num_batches_tracked is not None
+        st = _maybe_compute(st, compute_stats or track)
+        if track:
+            s = st.compute()                      # already a constant: no work
+            f = _running.momentum_factor(momentum, num_batches_tracked)
+            _running.update(rm, s["mean"], f)
+            _running.update(rv, s["m2"] / (s["count"] - 1), f)
+        return da.blockwise(_bn_stats_block, inds, x, inds, st, (ca,), *_bw_arg(wd, (ca,)), *_bw_arg(bd, (ca,)),
+                            eps=eps, ca=ca, dtype=x.dtype, meta=x._meta, token="normfast-batch_norm")
+    if rm is None or rv is None:
+        raise ValueError("running_mean and running_var must be given when training=False")
+    md = _channel_chunks(rm.copy(), ch)
+    vd = _channel_chunks(rv.copy(), ch)
+    return da.blockwise(_bn_block, inds, x, inds, md, (ca,), vd, (ca,), *_bw_arg(wd, (ca,)), *_bw_arg(bd, (ca,)),
+                        eps=eps, ca=ca, dtype=x.dtype, meta=x._meta, token="normfast-batch_norm")
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer normalization over the trailing ``normalized_shape`` dims (as :func:`normfast.layer_norm`).
+
+    Every row (one position of the leading axes) is normalized on its own, so no reduction
+    across chunks is needed: :func:`normfast.layer_norm` runs on every chunk (``map_blocks``).
+    **If the normalized (trailing) axes are split across chunks, x is first rechunked to a
+    single chunk along them** (``x.rechunk({axis: -1})``; the leading axes keep their
+    chunks), so that every chunk holds whole rows -- chunk along the leading axes to avoid
+    that.  Returns a lazy Dask array of x's shape and dtype.
+    """
+    x = _check_array(x, "layer_norm")
+    shape, axes = normalized_axes(x, normalized_shape, "layer_norm")
+    w = check_param(weight, shape, "weight")
+    b = check_param(bias, shape, "bias")
+    eps = check_eps(eps)
+    if any(len(x.chunks[i]) > 1 for i in axes):
+        x = x.rechunk({i: -1 for i in axes})
+    return x.map_blocks(_ln_block, shape, w, b, eps, dtype=x.dtype, meta=x._meta, token="normfast-layer_norm")
+
+
+def _ln_block(block, shape, w, b, eps):
+    import normfast
+    w, b = _like(w, block), _like(b, block)
+    return normfast.layer_norm(block, shape, w, b, eps)
+
+
+def _merge_groups(st, G):
+    """(N, C) per-(n, c) states -> the (N, C) states of each channel's group (Chan's merge over
+    the group's C/G channels, repeated over them)."""
+    N, C = st.shape
+    Cg = C // G
+    g = st.reshape(N, G, Cg)
+    m = Moments.reduce(Moments(g["count"][..., k], g["mean"][..., k], g["m2"][..., k]) for k in range(Cg))
+    out = np.empty((N, G, Cg), dtype=STATS_DTYPE)
+    out["count"] = m.count[..., None]
+    out["mean"] = np.where(m.count == 0, np.nan, m.mean)[..., None]
+    out["m2"] = m.m2[..., None]
+    return out.reshape(N, C)
+
+
+def _gn_block(block, st, w, b, eps, ca):
+    """Normalize a (n, ..., c, ...) block with per-(n, c) states (group statistics)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rstd = 1.0 / np.sqrt(st["m2"] / st["count"] + eps)
+    mean = st["mean"]
+    p = rstd if w is None else rstd * np.asarray(w, dtype=np.float64)
+    q = np.zeros_like(p) if b is None else np.broadcast_to(np.asarray(b, dtype=np.float64), p.shape)
+    red = tuple(i for i in range(block.ndim) if i not in (0, ca))
+    return _apply(block, red, mean, p, q)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, compute_stats=False,
+               split_every=None):
+    """Group normalization of a Dask array (as :func:`normfast.group_norm`).
+
+    x : (N, C, *spatial) with ``channel_axis=1`` or (N, *spatial, C) with ``channel_axis=-1``,
+    chunked in any way.  Per-(sample, channel) states are reduced over the spatial axes
+    (one read of x), merged per group of C/num_groups channels (Chan's formula, on the small
+    (N, C) states), and every chunk is normalized with its groups' statistics by normfast's
+    apply kernel.  Returns a lazy Dask array of x's shape, dtype and chunks;
+    ``compute_stats=True`` computes the statistics now (see the module docstring).
+    """
+    x = _check_array(x, "group_norm")
+    ca, _, C, _ = channel_dims(x, channel_axis, "group_norm")
+    if ca == 0:
+        raise ValueError("group_norm: channel_axis must not be the batch axis 0")
+    G = check_int(num_groups, "num_groups", 1)
+    if C % G:
+        raise ValueError(f"num_groups={G} must divide the number of channels C={C}")
+    w = check_param(weight, (C,), "weight")
+    b = check_param(bias, (C,), "bias")
+    eps = check_eps(eps)
+    inds = tuple(range(x.ndim))
+    red = tuple(i for i in inds if i not in (0, ca))
+    st = _stats(x, red, False, split_every)                      # (N, C)
+    if G != C:
+        st = st.rechunk({1: -1}).map_blocks(_merge_groups, G, dtype=STATS_DTYPE)
+        st = st.rechunk({1: x.chunks[ca]})
+    st = _maybe_compute(st, compute_stats)
+    ch = x.chunks[ca]
+    wd, bd = _channel_chunks(w, ch), _channel_chunks(b, ch)
+    return da.blockwise(_gn_block, inds, x, inds, st, (0, ca), *_bw_arg(wd, (ca,)), *_bw_arg(bd, (ca,)),
+                        eps=eps, ca=ca, dtype=x.dtype, meta=x._meta, token="normfast-group_norm")
+
+
+def normalize(x, axis=-1, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+    """``normfast.normalize`` for Dask arrays: standardization over ``axis`` (biased variance,
+    ``eps`` added), lazy.  Weight/bias, ``out=`` and ``return_stats`` are not supported here."""
+    if weight is not None or bias is not None or out is not None or return_stats:
+        raise TypeError("normalize on a Dask array supports no weight, bias, out or return_stats; "
+                        "apply the affine with Dask arithmetic")
+    return standardize(x, axis, eps=eps)
