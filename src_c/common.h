@@ -84,7 +84,26 @@ static inline void nf_stream8_double(double *p, nf_v8d v)
     _mm_stream_pd(p, a); _mm_stream_pd(p + 2, b); _mm_stream_pd(p + 4, c); _mm_stream_pd(p + 6, d);
 }
 static inline void nf_stream_fence(void) { _mm_sfence(); }
+/* Bit-exact copy of n bytes, streaming from the first 16-byte aligned destination byte. */
+static inline void nf_copy_bytes(void *dst, const void *src, int64_t n, int stream)
+{
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    if (stream) {
+        int64_t head = (int64_t)((16 - ((uintptr_t)d & 15)) & 15);
+        if (head > n) head = n;
+        memcpy(d, s, (size_t)head);
+        d += head; s += head; n -= head;
+        for (; n >= 16; n -= 16, d += 16, s += 16)
+            _mm_stream_si128((__m128i *)d, _mm_loadu_si128((const __m128i *)s));
+    }
+    memcpy(d, s, (size_t)n);
+}
 #else
+static inline void nf_copy_bytes(void *dst, const void *src, int64_t n, int stream)
+{
+    (void)stream; memcpy(dst, src, (size_t)n);
+}
 #define NF_HAVE_STREAM 0
 static inline void nf_stream8_float(float *p, nf_v8d v) { nf_v8f f = __builtin_convertvector(v, nf_v8f); memcpy(p, &f, 32); }
 static inline void nf_stream8_double(double *p, nf_v8d v) { memcpy(p, &v, 64); }

@@ -45,12 +45,22 @@ NF_CLONES static void NF_S(nf_seg_apply_wb)(const NF_T *restrict x, NF_T *restri
     for (; i < n; ++i) y[i] = (NF_T)((((double)x[i] - m) * rstd) * w[i] + b[i]);
 }
 
-/* Column mode: Scalar math: y[r][l] = (x[r][l] - m[l]) * p[l] + q[l] (+ dy[r][l] * s[l]) */
+/* Column mode: Scalar math: y[r][l] = (x[r][l] - m[l]) * p[l] + q[l] (+ dy[r][l] * s[l])
+ * (stream: non-temporal stores when lanes come in whole vectors and y is 16-byte aligned) */
 NF_CLONES static void NF_S(nf_col_apply)(const NF_T *restrict x, const NF_T *restrict dy, NF_T *restrict y,
                                          int64_t rows, int64_t L, const double *restrict m,
                                          const double *restrict p, const double *restrict q,
-                                         const double *restrict s)
+                                         const double *restrict s, int stream)
 {
+    if (stream && !dy && L % 8 == 0 && ((uintptr_t)y & 15) == 0) {
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t l = 0; l < L; l += 8) {
+                nf_v8d mv, pv, qv;
+                memcpy(&mv, m + l, 64); memcpy(&pv, p + l, 64); memcpy(&qv, q + l, 64);
+                NF_STREAM8(y + r * L + l, (NF_LOAD8(x + r * L + l) - mv) * pv + qv);
+            }
+        return;
+    }
     for (int64_t r = 0; r < rows; ++r) {
         const NF_T *restrict xr = x + r * L;
         NF_T *restrict yr = y + r * L;
@@ -98,11 +108,15 @@ static int NF_S(nf_apply4d)(const NF_T *x, const NF_T *dy, NF_T *y, int64_t A, i
         }
     int64_t R = NF_CHUNK / L; if (R < 1) R = 1;
     const int64_t K = nf_cdiv(B, R), U = A * K;
-    #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
-    for (int64_t u = 0; u < U; ++u) {
-        const int64_t a = u / K, b0 = (u % K) * R, b1 = b0 + R < B ? b0 + R : B, o = (a * B + b0) * L;
-        NF_S(nf_col_apply)(x + o, dy ? dy + o : NULL, y + o, b1 - b0, L, coef + a * L, coef + A * L + a * L,
-                           coef + 2 * A * L + a * L, coef + 3 * A * L + a * L);
+    #pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        #pragma omp for schedule(static)
+        for (int64_t u = 0; u < U; ++u) {
+            const int64_t a = u / K, b0 = (u % K) * R, b1 = b0 + R < B ? b0 + R : B, o = (a * B + b0) * L;
+            NF_S(nf_col_apply)(x + o, dy ? dy + o : NULL, y + o, b1 - b0, L, coef + a * L, coef + A * L + a * L,
+                               coef + 2 * A * L + a * L, coef + 3 * A * L + a * L, stream);
+        }
+        if (stream) nf_stream_fence();
     }
     free(coef);
     return 0;
@@ -153,29 +167,40 @@ NF_CLONES static void NF_S(nf_seg_add)(const NF_T *x, const NF_T *r, NF_T *h, in
 
 /* Fused residual add + row normalization (transformer blocks):
  *   h = x + residual (stored), y = norm(h) with per-element affine (w/b float64 (N,) or NULL).
- * One read of x and residual, one write of h and y: the row of h is read back from cache.
- * h may alias residual or x, y may alias x or residual (element-wise, row by row). */
+ * The row of h is built in a per-thread buffer (in L1/L2), its statistics and y are computed
+ * from there and h is stored once: one read of x and residual, one write of y and h, all
+ * four streaming for large inputs (the traffic of a copy of the same bytes).
+ * h may alias residual or x, y may alias x or residual (row by row). */
 static int NF_S(nf_rows_add_forward)(const NF_T *x, const NF_T *res, NF_T *h, NF_T *y, int64_t M, int64_t N,
                                      const double *w, const double *b, double eps, int rms, double *mean,
                                      double *rstd, int nt)
 {
     if (M == 0) return 0;
     const int nth = nf_threads(nt, M * N);
-    const int stream = NF_HAVE_STREAM && y != x && y != res && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
+    const int stream = NF_HAVE_STREAM && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
+    int failed = 0;
     #pragma omp parallel num_threads(nth) if (nth > 1)
     {
-    #pragma omp for schedule(static)
-    for (int64_t i = 0; i < M; ++i) {
-        NF_T *hr = h + i * N;
-        NF_S(nf_seg_add)(x + i * N, res + i * N, hr, N);
-        nf_mom mo = NF_S(nf_row_moments)(hr, N, rms);
-        double var = N > 0 ? mo.m2 / (double)N : NAN;
-        double rs = 1.0 / sqrt(var + eps);
-        mean[i] = mo.mean; rstd[i] = rs;
-        if (w) NF_S(nf_seg_apply_wb)(hr, y + i * N, N, mo.mean, rs, w, b, stream);
-        else NF_S(nf_seg_apply)(hr, y + i * N, N, mo.mean, rs, 0.0, stream);
+        NF_T *tmp = (NF_T *)malloc((size_t)(N > 0 ? N : 1) * sizeof(NF_T) + 64);
+        NF_T *t = tmp ? (NF_T *)(((uintptr_t)tmp + 63) & ~(uintptr_t)63) : NULL;
+        if (!tmp) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (int64_t i = 0; i < M; ++i) {
+            if (!t) continue;
+            NF_S(nf_seg_add)(x + i * N, res + i * N, t, N);
+            nf_mom mo = NF_S(nf_row_moments)(t, N, rms);
+            double var = N > 0 ? mo.m2 / (double)N : NAN;
+            double rs = 1.0 / sqrt(var + eps);
+            mean[i] = mo.mean; rstd[i] = rs;
+            if (w) NF_S(nf_seg_apply_wb)(t, y + i * N, N, mo.mean, rs, w, b, stream);
+            else NF_S(nf_seg_apply)(t, y + i * N, N, mo.mean, rs, 0.0, stream);
+            nf_copy_bytes(h + i * N, t, N * (int64_t)sizeof(NF_T), stream);
+        }
+        if (stream) nf_stream_fence();
+        free(tmp);
     }
-    if (stream) nf_stream_fence();
-    }
-    return 0;
+    return failed ? -1 : 0;
 }

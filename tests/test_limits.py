@@ -63,7 +63,8 @@ def test_channel_reduction_over_2_31_channels_last():
     assert x[5, 0] == pytest.approx((3.0 - m0) / np.sqrt(v0 + 1e-5), rel=1e-5)
 
 
-@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "batch_norm", "backward"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "batch_norm", "batch_norm_nhwc", "group_norm_nhwc",
+                                "add_layer_norm", "backward"])
 def test_large_outputs_streaming_path(op):
     """Outputs over 4 MB take the streaming-store path (new aligned output, separate out=,
     and an unaligned out= view): all equal."""
@@ -78,6 +79,19 @@ def test_large_outputs_streaming_path(op):
         xb = x.reshape(15, 100, 1000)
         f = lambda out=None: nf.batch_norm(xb, None, None, w[:100], w[:100], True,
                                            out=None if out is None else out.reshape(xb.shape)).reshape(x.shape)
+    elif op == "batch_norm_nhwc":
+        xb = x.reshape(1500 * 25, 40)
+        f = lambda out=None: nf.batch_norm(xb, None, None, w[:40], w[:40], True, channel_axis=-1,
+                                           out=None if out is None else out.reshape(xb.shape)).reshape(x.shape)
+    elif op == "group_norm_nhwc":
+        xg = x.reshape(15, 100, 1000)
+        f = lambda out=None: nf.group_norm(xg, 8, w, w, channel_axis=-1,
+                                           out=None if out is None else out.reshape(xg.shape)).reshape(x.shape)
+    elif op == "add_layer_norm":
+        r = rng.standard_normal(x.shape).astype(np.float32)
+        f = lambda out=None: nf.add_layer_norm(x, r, 1000, w, w, out=out)[0]
+        h_ref = x + r
+        assert np.array_equal(nf.add_layer_norm(x, r, 1000, w, w)[1], h_ref)
     else:
         _, mean, rstd = nf.layer_norm(x, 1000, return_stats=True)
         dy = rng.standard_normal(x.shape).astype(np.float32)
@@ -88,6 +102,14 @@ def test_large_outputs_streaming_path(op):
     for out in views if op != "backward" else []:
         assert np.array_equal(f(out), y)
     xd = x.astype(np.float64)
+    if op == "add_layer_norm":
+        hd = h_ref.astype(np.float64)
+        ref = (hd - hd.mean(1, keepdims=True)) / np.sqrt(hd.var(1, keepdims=True) + 1e-5) * w + w
+        assert np.abs(y - ref).max() < 2e-5
+    if op == "batch_norm_nhwc":
+        xc = xd.reshape(-1, 40)
+        ref = (xc - xc.mean(0)) / np.sqrt(xc.var(0) + 1e-5) * w[:40] + w[:40]
+        assert np.abs(y.reshape(-1, 40) - ref).max() < 2e-5
     if op == "layer_norm":
         ref = (xd - xd.mean(1, keepdims=True)) / np.sqrt(xd.var(1, keepdims=True) + 1e-5) * w + w
         assert np.abs(y - ref).max() < 2e-5
