@@ -4,74 +4,88 @@
  *   s1 = sum(g), s2 = sum(g * xh)
  *   dx = rstd * (g - s1 / N - xh * s2 / N)       (RMSNorm: mean = 0, no s1 term)
  *   dw += dy * xh, db += dy                        (summed over rows)
- * One pass reads x and dy for s1, s2 (and the dw/db partials), a second pass
- * (row still in cache) writes dx.  dw/db partials are kept per block of rows,
+ * One pass reads x and dy for s1, s2, a second pass over a tile of rows (still in
+ * cache) writes dx and adds the tile to the dw/db partials.  dw/db partials are kept per block of rows,
  * the blocks fixed by the shape, and summed in block order: results do not
  * depend on the thread count and no atomics are used.
  */
 
-/* Scalar math: xh = (x - m) * rstd; g = w * dy; s1 += g; s2 += g * xh; dw += dy * xh; db += dy */
+/* First pass.  Scalar math: xh = (x - m) * rstd; g = w * dy; s1 += g; s2 += g * xh
+ * (16 lanes, merged in a fixed order into acc[0] = s1, acc[1] = s2) */
 NF_CLONES static void NF_S(nf_row_bwd_sums)(const NF_T *restrict x, const NF_T *restrict dy, int64_t n, double m,
-                                            double rstd, const double *restrict w, double *restrict acc,
-                                            double *restrict dw, double *restrict db)
+                                            double rstd, const double *restrict w, double *restrict acc)
 {
-    double s1[NF_LANES] = {0}, s2[NF_LANES] = {0};
+    double s1[NF_LANES], s2[NF_LANES];
     nf_v8d a0 = nf_splat(0.0), a1 = a0, b0 = a0, b1 = a0, mv = nf_splat(m), rv = nf_splat(rstd);
     int64_t i = 0;
     for (; i + NF_LANES <= n; i += NF_LANES) {
-        nf_v8d d0 = NF_LOAD8(dy + i), d1 = NF_LOAD8(dy + i + 8);
-        nf_v8d h0 = (NF_LOAD8(x + i) - mv) * rv, h1 = (NF_LOAD8(x + i + 8) - mv) * rv;
         nf_v8d w0, w1;
         memcpy(&w0, w + i, 64); memcpy(&w1, w + i + 8, 64);
-        nf_v8d g0 = w0 * d0, g1 = w1 * d1;
-        a0 += g0; a1 += g1; b0 += g0 * h0; b1 += g1 * h1;
-        if (dw) {
-            nf_v8d p0, p1;
-            memcpy(&p0, dw + i, 64); memcpy(&p1, dw + i + 8, 64);
-            p0 += d0 * h0; p1 += d1 * h1;
-            memcpy(dw + i, &p0, 64); memcpy(dw + i + 8, &p1, 64);
-        }
-        if (db) {
-            nf_v8d p0, p1;
-            memcpy(&p0, db + i, 64); memcpy(&p1, db + i + 8, 64);
-            p0 += d0; p1 += d1;
-            memcpy(db + i, &p0, 64); memcpy(db + i + 8, &p1, 64);
-        }
+        const nf_v8d g0 = w0 * NF_LOAD8(dy + i), g1 = w1 * NF_LOAD8(dy + i + 8);
+        a0 += g0; a1 += g1;
+        b0 += g0 * ((NF_LOAD8(x + i) - mv) * rv); b1 += g1 * ((NF_LOAD8(x + i + 8) - mv) * rv);
     }
     memcpy(s1, &a0, 64); memcpy(s1 + 8, &a1, 64); memcpy(s2, &b0, 64); memcpy(s2 + 8, &b1, 64);
     for (int j = 0; i + j < n; ++j) {
-        double xh = ((double)x[i + j] - m) * rstd, d = (double)dy[i + j], g = w[i + j] * d;
+        double xh = ((double)x[i + j] - m) * rstd, g = w[i + j] * (double)dy[i + j];
         s1[j] += g; s2[j] += g * xh;
-        if (dw) dw[i + j] += d * xh;
-        if (db) db[i + j] += d;
     }
     double a = 0.0, b = 0.0;
     for (int j = 0; j < NF_LANES; ++j) { a += s1[j]; b += s2[j]; }
     acc[0] = a; acc[1] = b;
 }
 
-/* Scalar math: dx = rstd * (w * dy - c1 - (x - m) * rstd * c2)  [+ gh]  (gh: the fused
- * residual gradient of add_layer_norm / add_rms_norm, NULL otherwise) */
-NF_CLONES static void NF_S(nf_row_bwd_dx)(const NF_T *restrict x, const NF_T *restrict dy, const NF_T *restrict gh,
-                                          NF_T *restrict dx, int64_t n, double m, double rstd,
-                                          const double *restrict w, double c1, double c2, int stream)
+/* Second pass over a tile of R <= NF_BWD_TILE consecutive rows (in cache after the sums):
+ * Scalar math, per row r and column j, with xh = (x - m_r) * rstd_r:
+ *   dx = rstd_r * (w * dy - c1_r - xh * c2_r)  [+ gh]      (gh: the fused residual gradient)
+ *   dw[j] += dy * xh, db[j] += dy                           (rows in order)
+ * Taking rows in tiles loads and stores the dw/db partials once per tile, not per row. */
+#define NF_BWD_TILE 4
+NF_CLONES static void NF_S(nf_rows_bwd_tile)(const NF_T *restrict x, const NF_T *restrict dy,
+                                             const NF_T *restrict gh, NF_T *restrict dx, int64_t R, int64_t N,
+                                             const double *mr, const double *rr, const double *c1,
+                                             const double *c2, const double *restrict w, double *restrict dw,
+                                             double *restrict db, int stream)
 {
-    int64_t i = 0;
-    if (gh)
-        for (; i < n; ++i)
-            dx[i] = (NF_T)(rstd * (w[i] * (double)dy[i] - c1 - ((double)x[i] - m) * rstd * c2) + (double)gh[i]);
-    if (stream) {
-        for (; i < n && ((uintptr_t)(dx + i) & 15); ++i)
-            dx[i] = (NF_T)(rstd * (w[i] * (double)dy[i] - c1 - ((double)x[i] - m) * rstd * c2));
-        const nf_v8d mv = nf_splat(m), rv = nf_splat(rstd), c1v = nf_splat(c1), c2v = nf_splat(c2);
-        for (; i + 8 <= n; i += 8) {
-            nf_v8d wv;
-            memcpy(&wv, w + i, 64);
-            NF_STREAM8(dx + i, rv * (wv * NF_LOAD8(dy + i) - c1v - (NF_LOAD8(x + i) - mv) * rv * c2v));
+    const int vstream = stream && dx && ((uintptr_t)dx & 15) == 0 && (N * (int64_t)sizeof(NF_T)) % 16 == 0;
+    int64_t j = 0;
+    /* 16 columns per step: a whole 64-byte line of float32 dx per row, so the streaming
+     * stores of the R interleaved rows fill complete write-combining lines. */
+    for (; j + 16 <= N; j += 16) {
+        nf_v8d w0, w1, dw0 = nf_splat(0.0), dw1 = dw0, db0 = dw0, db1 = dw0;
+        memcpy(&w0, w + j, 64); memcpy(&w1, w + j + 8, 64);
+        if (dw) { memcpy(&dw0, dw + j, 64); memcpy(&dw1, dw + j + 8, 64); }
+        if (db) { memcpy(&db0, db + j, 64); memcpy(&db1, db + j + 8, 64); }
+        for (int64_t r = 0; r < R; ++r) {
+            const NF_T *xr = x + r * N + j, *gr = dy + r * N + j;
+            const nf_v8d rv = nf_splat(rr[r]), mv = nf_splat(mr[r]);
+            const nf_v8d d0 = NF_LOAD8(gr), d1 = NF_LOAD8(gr + 8);
+            const nf_v8d h0 = (NF_LOAD8(xr) - mv) * rv, h1 = (NF_LOAD8(xr + 8) - mv) * rv;
+            dw0 += d0 * h0; dw1 += d1 * h1;
+            db0 += d0; db1 += d1;
+            if (dx) {
+                const nf_v8d c1v = nf_splat(c1[r]), c2v = nf_splat(c2[r]);
+                nf_v8d v0 = rv * (w0 * d0 - c1v - h0 * c2v), v1 = rv * (w1 * d1 - c1v - h1 * c2v);
+                if (gh) { v0 += NF_LOAD8(gh + r * N + j); v1 += NF_LOAD8(gh + r * N + j + 8); }
+                NF_T *o = dx + r * N + j;
+                if (vstream) { NF_STREAM8(o, v0); NF_STREAM8(o + 8, v1); }
+                else { NF_STORE8(o, v0); NF_STORE8(o + 8, v1); }
+            }
         }
+        if (dw) { memcpy(dw + j, &dw0, 64); memcpy(dw + j + 8, &dw1, 64); }
+        if (db) { memcpy(db + j, &db0, 64); memcpy(db + j + 8, &db1, 64); }
     }
-    for (; i < n; ++i)
-        dx[i] = (NF_T)(rstd * (w[i] * (double)dy[i] - c1 - ((double)x[i] - m) * rstd * c2));
+    for (; j < N; ++j)
+        for (int64_t r = 0; r < R; ++r) {
+            const double d = (double)dy[r * N + j], xh = ((double)x[r * N + j] - mr[r]) * rr[r];
+            if (dw) dw[j] += d * xh;
+            if (db) db[j] += d;
+            if (dx) {
+                double v = rr[r] * (w[j] * d - c1[r] - xh * c2[r]);
+                if (gh) v += (double)gh[r * N + j];
+                dx[r * N + j] = (NF_T)v;
+            }
+        }
 }
 
 /* x, dy (gh: added to dx, or NULL): M x N.  mean (NULL for rms), rstd: M float64.  w: N float64 (ones when
@@ -103,13 +117,23 @@ static int NF_S(nf_rows_backward)(const NF_T *x, const NF_T *dy, const NF_T *gh,
     #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < NB; ++blk) {
         const int64_t i1 = (blk + 1) * RB < M ? (blk + 1) * RB : M;
-        for (int64_t i = blk * RB; i < i1; ++i) {
-            const NF_T *xr = x + i * N, *gr = dy + i * N;
-            const double m = mean ? mean[i] : 0.0;
-            double acc[2];
-            NF_S(nf_row_bwd_sums)(xr, gr, N, m, rstd[i], w, acc, pw ? pw + blk * N : NULL, pb ? pb + blk * N : NULL);
-            if (dx) NF_S(nf_row_bwd_dx)(xr, gr, gh ? gh + i * N : NULL, dx + i * N, N, m, rstd[i], w, mean ? acc[0] / (double)N : 0.0,
-                                        acc[1] / (double)N, stream);
+        for (int64_t i0 = blk * RB; i0 < i1; i0 += NF_BWD_TILE) {
+            const int64_t R = i1 - i0 < NF_BWD_TILE ? i1 - i0 : NF_BWD_TILE;
+            double mr[NF_BWD_TILE], c1[NF_BWD_TILE], c2[NF_BWD_TILE];
+            for (int64_t r = 0; r < R; ++r) {
+                const int64_t i = i0 + r;
+                double acc[2];
+                mr[r] = mean ? mean[i] : 0.0;
+                c1[r] = c2[r] = 0.0;
+                if (dx) {
+                    NF_S(nf_row_bwd_sums)(x + i * N, dy + i * N, N, mr[r], rstd[i], w, acc);
+                    c1[r] = mean ? acc[0] / (double)N : 0.0;
+                    c2[r] = acc[1] / (double)N;
+                }
+            }
+            NF_S(nf_rows_bwd_tile)(x + i0 * N, dy + i0 * N, gh ? gh + i0 * N : NULL, dx ? dx + i0 * N : NULL, R, N,
+                                   mr, rstd + i0, c1, c2, w, pw ? pw + blk * N : NULL, pb ? pb + blk * N : NULL,
+                                   stream);
         }
     }
     if (stream) nf_stream_fence();
