@@ -58,6 +58,10 @@ NF_CLONES static void NF_S(nf_col_sums)(const NF_T *restrict x, int64_t rows, in
     memset(s2, 0, (size_t)L * sizeof(double));
     for (int64_t r0 = 0; r0 < rows; r0 += NF_COL_TILE) {
         const int64_t r1 = r0 + NF_COL_TILE < rows ? r0 + NF_COL_TILE : rows;
+        /* the next tile is contiguous: prefetch it line by line while this one is summed */
+        const int64_t r2 = r1 + NF_COL_TILE < rows ? r1 + NF_COL_TILE : rows;
+        for (const char *p = (const char *)(x + r1 * L), *e = (const char *)(x + r2 * L); p < e; p += 64)
+            __builtin_prefetch(p);
         int64_t l = 0;
         for (; l + 16 <= L; l += 16) {
             nf_v8d k0, k1, a0, a1, b0, b1;
@@ -87,6 +91,11 @@ NF_CLONES static void NF_S(nf_col_dsums)(const NF_T *restrict x, const NF_T *res
     memset(s2, 0, (size_t)L * sizeof(double));
     for (int64_t r0 = 0; r0 < rows; r0 += NF_COL_TILE) {
         const int64_t r1 = r0 + NF_COL_TILE < rows ? r0 + NF_COL_TILE : rows;
+        const int64_t r2 = r1 + NF_COL_TILE < rows ? r1 + NF_COL_TILE : rows;
+        for (int64_t o = r1 * L * (int64_t)sizeof(NF_T); o < r2 * L * (int64_t)sizeof(NF_T); o += 64) {
+            __builtin_prefetch((const char *)x + o);
+            __builtin_prefetch((const char *)dy + o);
+        }
         int64_t l = 0;
         for (; l + 16 <= L; l += 16) {
             nf_v8d m0, m1, a0, a1, b0, b1;
