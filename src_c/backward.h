@@ -4,16 +4,7 @@
 #define NF_BACKWARD_H
 #include "normalize.h"
 
-#define NF_T float
-#define NF_S(name) name##_f32
-#include "backward_t.h"
-#undef NF_T
-#undef NF_S
-
-#define NF_T double
-#define NF_S(name) name##_f64
-#include "backward_t.h"
-#undef NF_T
-#undef NF_S
+#define NF_TEMPLATE "backward_t.h"
+#include "instantiate.h"
 
 #endif

@@ -6,16 +6,7 @@
 
 #define NF_ROW_MIN 32   /* segments at least this long are reduced row-wise */
 
-#define NF_T float
-#define NF_S(name) name##_f32
-#include "moments_t.h"
-#undef NF_T
-#undef NF_S
-
-#define NF_T double
-#define NF_S(name) name##_f64
-#include "moments_t.h"
-#undef NF_T
-#undef NF_S
+#define NF_TEMPLATE "moments_t.h"
+#include "instantiate.h"
 
 #endif
