@@ -28,7 +28,8 @@ __version__ = "0.1.0"
         add_rms_norm, add_layer_norm_backward, add_rms_norm_backward))
 
 __all__ = [
-    "Moments", "add_layer_norm", "add_layer_norm_backward", "add_rms_norm", "add_rms_norm_backward", "batch_norm", "batch_norm_backward", "group_norm_backward", "instance_norm_backward",
-    "layer_norm_backward", "rms_norm_backward", "get_num_threads", "group_norm", "instance_norm", "layer_norm", "moments",
-    "normalize", "rms_norm", "set_num_threads", "backends", "get_backend",
+    "Moments", "add_layer_norm", "add_layer_norm_backward", "add_rms_norm", "add_rms_norm_backward", "backends",
+    "batch_norm", "batch_norm_backward", "get_backend", "get_num_threads", "group_norm", "group_norm_backward",
+    "instance_norm", "instance_norm_backward", "layer_norm", "layer_norm_backward", "moments", "normalize",
+    "rms_norm", "rms_norm_backward", "set_num_threads",
 ]

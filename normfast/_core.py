@@ -85,7 +85,7 @@ def plan4d(shape, red_axes):
 ALIGN = 64
 
 
-def empty_aligned(shape, dtype):  # noqa: D401
+def empty_aligned(shape, dtype):
     """np.empty with the data 64-byte aligned (a cache line): NumPy only guarantees 16 bytes,
     and the streaming stores of large outputs want whole lines.  Large NumPy allocations keep
     NumPy's allocator (huge pages) since this is a view of one."""

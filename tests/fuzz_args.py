@@ -33,7 +33,6 @@ def TestOneInput(data):
     shape = tuple(fdp.ConsumeIntInRange(0, 5) for _ in range(ndim))
     x = _array(fdp, shape, DTYPES[fdp.ConsumeIntInRange(0, len(DTYPES) - 1)])
     x0 = x.copy()
-    C = shape[1] if ndim > 1 else 1
     param = _array(fdp, (fdp.ConsumeIntInRange(0, 5),), np.float32) if fdp.ConsumeBool() else None
     eps = fdp.PickValueInList([1e-5, 0.0, -1.0, float("nan"), None, "a"])
     axis = fdp.PickValueInList([0, 1, -1, 5, (0, 1), (), (1, 1), None, 1.5])
