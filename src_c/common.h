@@ -2,23 +2,30 @@
  *
  * NB: About the algorithm chosen (read once, applies to every kernel)
  * - Statistics: a reduction is cut into chunks whose boundaries depend only on
- *   the shape (NF_CHUNK elements, or NF_MIN_ROWS rows in column mode), never on
- *   the thread count.  Inside a chunk we accumulate shifted sums
- *   S1 = sum(x - k), S2 = sum((x - k)^2) in float64, one accumulator per SIMD
- *   lane (NF_LANES), where the shift k is the chunk's first value: for float32
- *   input x - k is exact in float64 and the shift removes the cancellation of
- *   S2 - S1^2/n.  Each chunk becomes (n, mean, M2) and chunks are merged in a
- *   fixed order with Chan's formula.  Result: single pass, mergeable, bitwise
- *   identical for any thread count.
+ *   the shape (NF_CHUNK = 8192 values in row mode; NF_COL_CHUNK = 32768 values,
+ *   at least NF_MIN_ROWS rows, in column mode), never on the thread count.
+ *   Inside a chunk we accumulate shifted sums S1 = sum(x - k), S2 = sum((x - k)^2)
+ *   in float64, one accumulator per lane (NF_LANES = 16), where the shift k is the
+ *   chunk's first value: for float32 input x - k is exact in float64 and the shift
+ *   removes the cancellation of S2 - S1^2/n.  Each chunk becomes (n, mean, M2)
+ *   and the chunks of a statistic are merged in chunk order with Chan's formula
+ *   in its k-way form (nf_mom_merge_k).  Result: single pass, mergeable, bitwise
+ *   identical for any thread count (and for every SIMD clone).
+ * - Row mode (contiguous segments of D >= NF_ROW_MIN = 32 values) versus column
+ *   mode (channels-last: L = C*D lanes per row, walked in tiles of NF_COL_TILE rows
+ *   with 16 lanes in registers and the next tile prefetched).
  * - Normalization: y = (x - mean) * (rstd * w) + b is evaluated in float64 and
  *   rounded once to the output type, so the mean keeps all its bits (no
  *   pre-folded shift c = b - mean * a, which cancels catastrophically).
- * - SIMD: the leaf loops are plain C written lane-wise (no reassociation
- *   needed) and compiled several times with GCC target_clones (AVX-512,
- *   AVX2, baseline), picked at load time.  -ffp-contract=off keeps every clone
- *   bitwise equal.
- * - Threads: OpenMP with a serial threshold NF_PAR_MIN elements; below it a
- *   call runs on the calling thread (no pool wake-up for small problems).
+ * - Stores: outputs of NF_STREAM_MIN = 4 MB or more that are not the input
+ *   (not in place) are written with streaming stores (no read-for-ownership).
+ * - SIMD: the leaf loops use 8-wide GCC vector types (nf_v8d) written lane by
+ *   lane (no reassociation), compiled several times with GCC target_clones
+ *   (AVX-512, AVX2, baseline), picked at load time.  -ffp-contract=off keeps
+ *   every clone bitwise equal.
+ * - Threads: OpenMP with a serial threshold NF_PAR_MIN = 16384 values (about
+ *   5 us of work, what waking the pool costs); below it a call runs on the
+ *   calling thread.
  */
 #ifndef NF_COMMON_H
 #define NF_COMMON_H
