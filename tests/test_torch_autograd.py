@@ -1,0 +1,54 @@
+"""normfast.torch: autograd adapters give torch's gradients."""
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+nft = pytest.importorskip("normfast.torch")
+
+
+def _grads(fn, x, *params):
+    x = x.clone().requires_grad_()
+    ps = [p.clone().requires_grad_() if p is not None else None for p in params]
+    y = fn(x, *ps)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    leaves = [x] + [p for p in ps if p is not None]
+    return y.detach(), torch.autograd.grad(y, leaves, g)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("case", ["layer", "rms", "batch", "batch_eval", "group"])
+def test_matches_torch_autograd(case, dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    x = (3 + torch.randn(4, 6, 5, 5, generator=g)).to(dtype)
+    w = torch.rand(6, generator=g, dtype=dtype) + 0.5
+    b = torch.randn(6, generator=g, dtype=dtype)
+    if case == "layer":
+        w5, b5 = torch.rand(5, 5, dtype=dtype) + 0.5, torch.randn(5, 5, dtype=dtype)
+        ours = _grads(lambda x, w, b: nft.layer_norm(x, (5, 5), w, b), x, w5, b5)
+        ref = _grads(lambda x, w, b: F.layer_norm(x, (5, 5), w, b), x, w5, b5)
+    elif case == "rms":
+        w5 = torch.rand(5, dtype=dtype) + 0.5
+        ours = _grads(lambda x, w: nft.rms_norm(x, (5,), w, 1e-6), x, w5)
+        ref = _grads(lambda x, w: F.rms_norm(x, (5,), w, 1e-6), x, w5)
+    elif case in ("batch", "batch_eval"):
+        training = case == "batch"
+        rm, rv = torch.randn(6, dtype=dtype), torch.rand(6, dtype=dtype) + 0.5
+        rm2, rv2 = rm.clone(), rv.clone()
+        ours = _grads(lambda x, w, b: nft.batch_norm(x, rm, rv, w, b, training), x, w, b)
+        ref = _grads(lambda x, w, b: F.batch_norm(x, rm2, rv2, w, b, training), x, w, b)
+        assert torch.allclose(rm, rm2, atol=tol * 10) and torch.allclose(rv, rv2, atol=tol * 10)
+    else:
+        ours = _grads(lambda x, w, b: nft.group_norm(x, 3, w, b), x, w, b)
+        ref = _grads(lambda x, w, b: F.group_norm(x, 3, w, b), x, w, b)
+    assert torch.allclose(ours[0], ref[0], atol=tol * 10)
+    for a, r in zip(ours[1], ref[1]):
+        assert torch.allclose(a, r, atol=tol * (1 + r.abs().max().item()), rtol=tol)
+
+
+def test_gradcheck_float64():
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: nft.layer_norm(x, 5, w, b), (x, w, b))
+    wc = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: nft.group_norm(x, 2, w, None), (x, wc))
