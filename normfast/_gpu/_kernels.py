@@ -49,6 +49,7 @@ def name_expressions(ctype):
     names = []
     for rms in ("false", "true"):
         names.append(kernel("nf_rows_fwd", ctype, rms))
+        names.append(kernel("nf_rows_add_fwd", ctype, rms))
     names.append(kernel("nf_rows_bwd_dx", ctype))
     names.append(kernel("nf_rows_dwdb", ctype))
     for k in (0, 1, 2):

@@ -325,6 +325,34 @@ class GpuEngine:
         return mean, rstd
 
     @staticmethod
+    def rows_add_forward(x, res, h, y, M, N, w, b, eps, rms):
+        """Fused h = x + res (rounded in x's dtype, stored in h) and y = norm(h) per row (w/b
+        float64 (N,) or None).  Returns (mean, rstd), (M,) float64."""
+        cp = _cp()
+        x, res = _input(x), _input(res, "residual")
+        M, N = int(M), int(N)
+        if M * N != x.size or res.shape != x.shape:
+            raise ValueError("rows_add_forward: x and residual must hold M * N elements")
+        h, y = _target(h, x, "h"), _target(y, x)
+        mean = cp.empty(M, dtype=cp.float64)
+        rstd = cp.empty(M, dtype=cp.float64)
+        if M == 0:
+            return mean, rstd
+        if N == 0:
+            mean.fill(0.0)
+            rstd.fill(math.nan)
+            return mean, rstd
+        if w is None and b is None:
+            wa = ba = _NULL
+        else:
+            wa = cp.ones(N, dtype=cp.float64) if w is None else _coef(w, N, "w")
+            ba = cp.zeros(N, dtype=cp.float64) if b is None else _coef(b, N, "b")
+        tpr, rpb = _rows_layout(N, _vec(x))
+        _launch(_fn(x.dtype, "nf_rows_add_fwd", "true" if rms else "false"), _grid(_cdiv(M, rpb), tpr * rpb),
+                (tpr, rpb), (x, res, h, y, _i64(M), _i64(N), wa, ba, np.float64(eps), mean, rstd))
+        return mean, rstd
+
+    @staticmethod
     def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db):
         """Row-wise (Layer/RMS) backward.  Returns (dx or None, dw or None, db or None); dw/db float64."""
         cp = _cp()

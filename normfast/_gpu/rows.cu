@@ -61,6 +61,55 @@ nf_rows_fwd(const T *x, T *y, nf_i64 M, nf_i64 N, const double *w, const double 
     }
 }
 
+/* Fused residual add + row norm (transformer blocks), per row i:
+ *   h = (T)(x + res) (rounded in T, as the unfused add), stored once while its statistics
+ *   about k = h[i][0] (0 for rms) are taken; after the block barrier of the reduction the
+ *   row of h is read back (from L2) and y = ((h - k) - mu) * (rstd * w[j]) + b[j].
+ * h may alias x or res; y may alias x or res (each element is read before it is written). */
+template <typename T, bool RMS>
+__global__ void __launch_bounds__(512)
+nf_rows_add_fwd(const T *x, const T *res, T *h, T *y, nf_i64 M, nf_i64 N, const double *w, const double *b,
+                double eps, double *mean_out, double *rstd_out)
+{
+    typedef typename nf_acc<T>::type A;
+    typedef nf_cvt<T> CV;
+    __shared__ nf_s3<A> sh[32];
+    __shared__ nf_s3<A> red[32];
+    const int tx = threadIdx.x, tpr = blockDim.x, rpb = blockDim.y;
+    const nf_i64 ngroups = (M + rpb - 1) / rpb;
+    for (nf_i64 gi = blockIdx.x; gi < ngroups; gi += gridDim.x) {
+        const nf_i64 row = gi * rpb + threadIdx.y;
+        const bool ok = row < M;
+        const nf_i64 o = (ok ? row : 0) * N;
+        const A k = (RMS || !ok || N == 0) ? A(0) : CV::to(CV::from(CV::to(x[o]) + CV::to(res[o])));
+        nf_moments<A> st;
+        st.init();
+        if (ok)
+            nf_map<T, true>(x + o, res + o, h + o, N, tx, tpr, [&](nf_i64, A a, A c) {
+                const A hv = CV::to(CV::from(a + c));
+                if (RMS) st.push_sq(hv);
+                else st.push(hv - k);
+                return hv;
+            });
+        const nf_s3<A> r = nf_group_reduce(st.get(), nf_chan(), sh, red);   /* block barrier: h visible */
+        if (!ok) continue;
+        const double var = (double)r.c / (double)N;
+        const double rs = 1.0 / sqrt(var + eps);
+        if (tx == 0) {
+            mean_out[row] = RMS ? 0.0 : (double)k + (double)r.b;
+            rstd_out[row] = rs;
+        }
+        const A ra = (A)rs, lo = RMS ? A(0) : r.b;
+        const T *hr = h + o;
+        if (w == nullptr)
+            nf_map<T, false>(hr, hr, y + o, N, tx, tpr, [&](nf_i64, A v, A) { return ((v - k) - lo) * ra; });
+        else
+            nf_map<T, false>(hr, hr, y + o, N, tx, tpr, [&](nf_i64 j, A v, A) {
+                return ((v - k) - lo) * (ra * (A)w[j]) + (A)b[j];
+            });
+    }
+}
+
 /* Backward dx, one row per group:
  *   xh = (x - mean) * rstd, g = w * dy, s1 = sum g, s2 = sum g * xh,
  *   dx = rstd * (g - s1 / N - xh * s2 / N)   (mean == NULL: rms, no s1 term). */
