@@ -147,6 +147,20 @@ def rows(xk, y, M, N, w, b, eps, rms=False, seg=1, period=1):
     return mean, rstd
 
 
+SAMPLE_FUSE_MAX = 4 << 20    # bytes of one sample kept in cache between statistics and normalization
+
+
+def samples(xk, y, N, B, G, D, w, b, eps):
+    """Channels-last group/instance norm fused per sample when it pays (enough samples for the
+    threads, a sample small enough to stay in cache, an engine that has the kernel); else None."""
+    from ._threads import get_num_threads
+    eng = engine()
+    if (not hasattr(eng, "samples_forward") or N * B * G * D == 0 or N < 2 * get_num_threads()
+            or B * G * D * xk.itemsize > SAMPLE_FUSE_MAX):
+        return None
+    return eng.samples_forward(xk, y, N, B, G, D, w, b, eps)
+
+
 def normalize_along(x, axes, w, b, eps, out, rms=False):
     """Standardize x over `axes` with optional weight/bias of the normalized axes' shape.
     Returns (y, mean, rstd) with mean/rstd of the kept axes' shape (float64)."""

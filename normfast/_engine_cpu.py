@@ -68,6 +68,15 @@ class CpuEngine:
         return mean, rstd
 
     @staticmethod
+    def samples_forward(x, y, A, B, G, D, w, b, eps):
+        """Per-sample fused channels-last group/instance norm (x[A][B][G*D], w/b float64 per
+        lane or None).  Returns (mean, rstd), (A*G,) float64."""
+        mean = np.empty(A * G, dtype=np.float64)
+        rstd = np.empty(A * G, dtype=np.float64)
+        _normalize.samples_forward(x, y, A, B, G, D, w, b, eps, mean, rstd, get_num_threads())
+        return mean, rstd
+
+    @staticmethod
     def rows_add_forward(x, res, h, y, M, N, w, b, eps, rms):
         """Fused h = x + res (stored in h) and y = norm(h) per row.  Returns (mean, rstd)."""
         mean = np.empty(M, dtype=np.float64)

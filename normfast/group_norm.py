@@ -35,9 +35,14 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
     out = check_out(out, x.shape, x.dtype, x)
     xk = _core.as_kernel_input(x)
     y = _core.target(out, xk)
+    fused = None
     if pre == 1:
         mean, rstd = _core.rows(xk, y, N * G, Cg * post, w, b, eps, seg=max(post, 1), period=G)
-    else:
+    elif post == 1:   # channels-last: one pass per sample while it is in cache, when it pays
+        fused = _core.samples(xk, y, N, pre, G, Cg, w, b, eps)
+    if fused is not None:
+        mean, rstd = fused
+    elif pre != 1:
         n, mean, m2 = _core.moments4d(xk, (N, pre, G, Cg * post))
         rstd = _core.rstd_from(m2, n, eps)
         mean = np.where(n == 0, np.nan, mean)

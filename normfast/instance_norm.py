@@ -33,8 +33,13 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         if pre * post == 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}")
         track = rm is not None or rv is not None
+        fused = None
         if pre == 1 and not track:
-            mean, rstd = _core.rows(xk, y, N * C, post, w, b, eps, seg=post, period=C)
+            fused = _core.rows(xk, y, N * C, post, w, b, eps, seg=post, period=C)
+        elif post == 1 and not track:   # channels-last, fused per sample when it pays
+            fused = _core.samples(xk, y, N, pre, C, 1, w, b, eps)
+        if fused is not None:
+            mean, rstd = fused
         else:
             n, mean, m2 = _core.moments4d(xk, dims)
             rstd = _core.rstd_from(m2, n, eps)

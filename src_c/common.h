@@ -181,4 +181,11 @@ static inline int nf_threads(int nt, int64_t work)
 
 static inline int64_t nf_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* Column-mode chunking (shared by every column-mode kernel): rows per chunk of L lanes. */
+static inline int64_t nf_col_rows(int64_t L)
+{
+    int64_t R = NF_COL_CHUNK / L;
+    return R < NF_MIN_ROWS ? NF_MIN_ROWS : R;
+}
+
 #endif

@@ -141,6 +141,44 @@ static nf_mom NF_S(nf_row_moments)(const NF_T *x, int64_t n, int rms)
     return r;
 }
 
+/* One column-mode unit: `rows` rows of L = C*D lanes at X (and G for kind 2, with m the
+ * per-c values of the rows' a) -> one partial per c, written to part[c * pstride]: lane partials
+ * (shift = the unit's first row) combined over d with the k-way merge (kind 2: plain sums).
+ * buf: scratch of 3*L doubles + L nf_mom. */
+static void NF_S(nf_col_unit)(const NF_T *X, const NF_T *G, const double *m, int64_t rows, int64_t C, int64_t D,
+                              int kind, double *buf, nf_mom *part, int64_t pstride)
+{
+    const int64_t L = C * D;
+    const int rms = (kind == 1);
+    double *k = buf, *s1 = buf + L, *s2 = buf + 2 * L;
+    nf_mom *pl = (nf_mom *)(buf + 3 * L);
+    const double nr = (double)rows;
+    if (kind == 2) {
+        for (int64_t l = 0; l < L; ++l) k[l] = m[l / D];
+        NF_S(nf_col_dsums)(X, G, rows, L, k, s1, s2);
+        for (int64_t c = 0; c < C; ++c) {
+            double a1 = 0.0, a2 = 0.0;
+            for (int64_t d = 0; d < D; ++d) { a1 += s1[c * D + d]; a2 += s2[c * D + d]; }
+            nf_mom *pu = part + c * pstride;
+            pu->n = nr * (double)D; pu->mean = a1; pu->m2 = a2;
+        }
+        return;
+    }
+    for (int64_t l = 0; l < L; ++l) k[l] = rms ? 0.0 : (double)X[l];
+    NF_S(nf_col_sums)(X, rows, L, k, s1, s2);
+    for (int64_t l = 0; l < L; ++l) {
+        pl[l].n = nr;
+        if (rms) { pl[l].mean = 0.0; pl[l].m2 = s2[l]; }
+        else {
+            pl[l].mean = k[l] + s1[l] / nr;
+            double m2 = s2[l] - s1[l] * (s1[l] / nr);
+            pl[l].m2 = m2 < 0 ? 0.0 : m2;
+        }
+    }
+    for (int64_t c = 0; c < C; ++c)
+        part[c * pstride] = D == 1 ? pl[c] : nf_mom_merge_k(pl + c * D, D, 1);
+}
+
 /* kind: 0 = moments (n, mean, M2), 1 = rms moments (n, 0, sum x^2),
  *       2 = backward sums (n, sum dy, sum dy*(x - m[a,c])).
  * out has A*C entries.  Returns 0, or -1 when memory runs out.
@@ -164,7 +202,7 @@ static int NF_S(nf_reduce4d)(const NF_T *x, const NF_T *dy, const double *m, int
         if (D >= NF_CHUNK) { per_seg = nf_cdiv(D, NF_CHUNK); K = B * per_seg; }
         else { g = D >= 1024 ? 1 : NF_CHUNK / D; K = nf_cdiv(B, g); }
     } else {
-        R = NF_COL_CHUNK / L; if (R < NF_MIN_ROWS) R = NF_MIN_ROWS;
+        R = nf_col_rows(L);
         K = nf_cdiv(B, R);
     }
     const int64_t U = row_mode ? S * K : A * K;
@@ -201,36 +239,10 @@ static int NF_S(nf_reduce4d)(const NF_T *x, const NF_T *dy, const double *m, int
             }
         } else {
             const int64_t a = u / K, kk = u % K, b0 = kk * R, b1 = b0 + R < B ? b0 + R : B;
-            const NF_T *X = x + (a * B + b0) * L;
             double *buf = (double *)malloc((size_t)(3 * L) * sizeof(double) + (size_t)L * sizeof(nf_mom));
             if (!buf) { failed = 1; continue; }
-            double *k = buf, *s1 = buf + L, *s2 = buf + 2 * L;
-            nf_mom *pl = (nf_mom *)(buf + 3 * L);
-            const double rows = (double)(b1 - b0);
-            if (kind == 2) {
-                for (int64_t l = 0; l < L; ++l) k[l] = m[a * C + l / D];
-                NF_S(nf_col_dsums)(X, dy + (a * B + b0) * L, b1 - b0, L, k, s1, s2);
-                for (int64_t c = 0; c < C; ++c) {
-                    double a1 = 0.0, a2 = 0.0;
-                    for (int64_t d = 0; d < D; ++d) { a1 += s1[c * D + d]; a2 += s2[c * D + d]; }
-                    nf_mom *pu = part + (a * C + c) * K + kk;
-                    pu->n = rows * (double)D; pu->mean = a1; pu->m2 = a2;
-                }
-            } else {
-                for (int64_t l = 0; l < L; ++l) k[l] = rms ? 0.0 : (double)X[l];
-                NF_S(nf_col_sums)(X, b1 - b0, L, k, s1, s2);
-                for (int64_t l = 0; l < L; ++l) {
-                    pl[l].n = rows;
-                    if (rms) { pl[l].mean = 0.0; pl[l].m2 = s2[l]; }
-                    else {
-                        pl[l].mean = k[l] + s1[l] / rows;
-                        double m2 = s2[l] - s1[l] * (s1[l] / rows);
-                        pl[l].m2 = m2 < 0 ? 0.0 : m2;
-                    }
-                }
-                for (int64_t c = 0; c < C; ++c)
-                    part[(a * C + c) * K + kk] = D == 1 ? pl[c] : nf_mom_merge_k(pl + c * D, D, 1);
-            }
+            NF_S(nf_col_unit)(x + (a * B + b0) * L, dy ? dy + (a * B + b0) * L : NULL, m ? m + a * C : NULL,
+                              b1 - b0, C, D, kind, buf, part + a * C * K + kk, K);
             free(buf);
         }
     }

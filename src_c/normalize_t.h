@@ -204,3 +204,53 @@ static int NF_S(nf_rows_add_forward)(const NF_T *x, const NF_T *res, NF_T *h, NF
     }
     return failed ? -1 : 0;
 }
+
+/* Per-sample fused channels-last GroupNorm / InstanceNorm: x[A][B][L] with L = G*D lanes,
+ * statistics per (a, g) over the sample's B rows and the group's D lanes, then the sample is
+ * normalized while it is still in cache: one read from memory instead of two.  The statistics
+ * use the column-mode chunks and merges of nf_reduce4d (nf_col_unit, k-way merge over chunks);
+ * one thread owns a sample, so results do not depend on the thread count.
+ * w/b: float64 per lane (L) or NULL.  mean/rstd: A*G float64.  Needs A*B*L > 0. */
+static int NF_S(nf_samples_forward)(const NF_T *x, NF_T *y, int64_t A, int64_t B, int64_t G, int64_t D,
+                                    const double *w, const double *b, double eps, double *mean, double *rstd,
+                                    int nt)
+{
+    const int64_t L = G * D, R = nf_col_rows(L), K = nf_cdiv(B, R);
+    const int nth = nf_threads(nt, A * B * L);
+    const int stream = NF_HAVE_STREAM && y != x && A * B * L * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
+    int failed = 0;
+    #pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        double *buf = (double *)malloc((size_t)(6 * L) * sizeof(double) + (size_t)(L + G * K) * sizeof(nf_mom));
+        if (!buf) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (int64_t a = 0; a < A; ++a) {
+            if (!buf) continue;
+            double *mv = buf + 3 * L, *pv = buf + 4 * L, *qv = buf + 5 * L;
+            nf_mom *part = (nf_mom *)(buf + 6 * L) + L;
+            const NF_T *X = x + a * B * L;
+            for (int64_t kk = 0; kk < K; ++kk) {
+                const int64_t b0 = kk * R, b1 = b0 + R < B ? b0 + R : B;
+                NF_S(nf_col_unit)(X + b0 * L, NULL, NULL, b1 - b0, G, D, 0, buf, part + kk, K);
+            }
+            for (int64_t g = 0; g < G; ++g) {
+                const nf_mom r = nf_mom_merge_k(part + g * K, K, 1);
+                const double rs = 1.0 / sqrt(r.m2 / r.n + eps);
+                mean[a * G + g] = r.mean;
+                rstd[a * G + g] = rs;
+                for (int64_t l = g * D; l < g * D + D; ++l) {
+                    mv[l] = r.mean;
+                    pv[l] = w ? rs * w[l] : rs;
+                    qv[l] = b ? b[l] : 0.0;
+                }
+            }
+            NF_S(nf_col_apply)(X, NULL, y + a * B * L, B, L, mv, pv, qv, NULL, stream);
+        }
+        if (stream) nf_stream_fence();
+        free(buf);
+    }
+    return failed ? -1 : 0;
+}

@@ -19,6 +19,10 @@ cdef extern from "normalize.h" nogil:
     int nf_rows_add_forward_f64(const double *x, const double *res, double *h, double *y, int64_t M, int64_t N,
                                 const double *w, const double *b, double eps, int rms, double *mean, double *rstd,
                                 int nt)
+    int nf_samples_forward_f32(const float *x, float *y, int64_t A, int64_t B, int64_t G, int64_t D,
+                               const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
+    int nf_samples_forward_f64(const double *x, double *y, int64_t A, int64_t B, int64_t G, int64_t D,
+                               const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
 
 
 cdef inline const double *_dptr(object a):
@@ -99,3 +103,26 @@ def rows_add_forward(cnp.ndarray x, cnp.ndarray res, cnp.ndarray h, cnp.ndarray 
         raise TypeError("rows_add_forward: float32 or float64 expected")
     if rc != 0:
         raise MemoryError("normfast: out of memory in rows_add_forward")
+
+
+def samples_forward(cnp.ndarray x, cnp.ndarray y, int64_t A, int64_t B, int64_t G, int64_t D, cnp.ndarray w,
+                    cnp.ndarray b, double eps, cnp.ndarray mean, cnp.ndarray rstd, int nt):
+    """Per-sample fused channels-last group/instance norm: x[A][B][G*D]; mean/rstd (A*G,) float64."""
+    cdef int rc
+    cdef void *px = cnp.PyArray_DATA(x)
+    cdef void *py = cnp.PyArray_DATA(y)
+    cdef const double *pw = _dptr(w)
+    cdef const double *pb = _dptr(b)
+    cdef double *pmean = <double *>cnp.PyArray_DATA(mean)
+    cdef double *prstd = <double *>cnp.PyArray_DATA(rstd)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = nf_samples_forward_f32(<const float *>px, <float *>py, A, B, G, D, pw, pb, eps, pmean, prstd, nt)
+    elif typenum == cnp.NPY_FLOAT64:
+        with nogil:
+            rc = nf_samples_forward_f64(<const double *>px, <double *>py, A, B, G, D, pw, pb, eps, pmean, prstd, nt)
+    else:
+        raise TypeError("samples_forward: float32 or float64 expected")
+    if rc != 0:
+        raise MemoryError("normfast: out of memory in samples_forward")
