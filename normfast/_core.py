@@ -151,11 +151,11 @@ SAMPLE_FUSE_MAX = 4 << 20    # bytes of one sample kept in cache between statist
 
 
 def samples(xk, y, N, B, G, D, w, b, eps):
-    """Channels-last group/instance norm fused per sample when it pays (enough samples for the
-    threads, a sample small enough to stay in cache, an engine that has the kernel); else None."""
-    from ._threads import get_num_threads
+    """Channels-last group/instance norm fused per sample when it pays (at least two samples to
+    share among the threads, a sample small enough to stay in cache, an engine that has the
+    kernel); else None.  The choice depends on the shape only, never on the thread count."""
     eng = engine()
-    if (not hasattr(eng, "samples_forward") or N * B * G * D == 0 or N < 2 * get_num_threads()
+    if (not hasattr(eng, "samples_forward") or N * B * G * D == 0 or N < 2
             or B * G * D * xk.itemsize > SAMPLE_FUSE_MAX):
         return None
     return eng.samples_forward(xk, y, N, B, G, D, w, b, eps)
