@@ -15,12 +15,18 @@ def _d(t):
     return None if t is None else t.detach()
 
 
+def _saved_weight(weight, bias, shape, dtype):
+    """The weight the backward uses: ones when only a bias was given, an empty tensor for none."""
+    if weight is None and bias is not None:
+        return torch.ones(shape, dtype=dtype)
+    return torch.empty(0) if weight is None else weight.detach()
+
+
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, normalized_shape, weight, bias, eps):
         y, mean, rstd = _nf.layer_norm(_d(x), normalized_shape, _d(weight), _d(bias), eps, return_stats=True)
-        w = weight if weight is not None or bias is None else torch.ones(normalized_shape, dtype=x.dtype)
-        ctx.save_for_backward(x, _d(w), mean, rstd)
+        ctx.save_for_backward(x, _saved_weight(weight, bias, normalized_shape, x.dtype), mean, rstd)
         ctx.normalized_shape = normalized_shape
         return y
 
@@ -37,7 +43,7 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, normalized_shape, weight, eps):
         y, rstd = _nf.rms_norm(_d(x), normalized_shape, _d(weight), eps, return_stats=True)
-        ctx.save_for_backward(x, _d(weight) if weight is not None else torch.empty(0), rstd)
+        ctx.save_for_backward(x, _saved_weight(weight, None, normalized_shape, x.dtype), rstd)
         ctx.normalized_shape = normalized_shape
         return y
 
@@ -55,9 +61,7 @@ class _BatchNorm(torch.autograd.Function):
     def forward(ctx, x, running_mean, running_var, weight, bias, training, momentum, eps):
         y, mean, rstd = _nf.batch_norm(_d(x), running_mean, running_var, _d(weight), _d(bias), training, momentum,
                                        eps, return_stats=True)
-        C = x.shape[1]
-        w = weight if weight is not None or bias is None else torch.ones(C, dtype=x.dtype)
-        ctx.save_for_backward(x, _d(w) if w is not None else torch.empty(0), mean, rstd)
+        ctx.save_for_backward(x, _saved_weight(weight, bias, x.shape[1], x.dtype), mean, rstd)
         ctx.training = training
         return y
 
@@ -75,9 +79,7 @@ class _GroupNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, num_groups, weight, bias, eps):
         y, mean, rstd = _nf.group_norm(_d(x), num_groups, _d(weight), _d(bias), eps, return_stats=True)
-        C = x.shape[1]
-        w = weight if weight is not None or bias is None else torch.ones(C, dtype=x.dtype)
-        ctx.save_for_backward(x, _d(w) if w is not None else torch.empty(0), mean, rstd)
+        ctx.save_for_backward(x, _saved_weight(weight, bias, x.shape[1], x.dtype), mean, rstd)
         ctx.num_groups = num_groups
         return y
 

@@ -168,6 +168,26 @@ def _col_layout(L):
     return 128, _THREADS // 128
 
 
+def _row_stats(M, N):
+    """(mean, rstd) device buffers for M rows; for N == 0 already filled (0, NaN)."""
+    cp = _cp()
+    mean = cp.empty(M, dtype=cp.float64)
+    rstd = cp.empty(M, dtype=cp.float64)
+    if M and N == 0:
+        mean.fill(0.0)
+        rstd.fill(math.nan)
+    return mean, rstd
+
+
+def _affine(w, b, n):
+    """Device float64 weight / bias of n entries (ones / zeros for a missing one), or NULLs."""
+    cp = _cp()
+    if w is None and b is None:
+        return _NULL, _NULL
+    return (cp.ones(n, dtype=cp.float64) if w is None else _coef(w, n, "w"),
+            cp.zeros(n, dtype=cp.float64) if b is None else _coef(b, n, "b"))
+
+
 def _row_plan(S, B, D, V):
     """Pieces of the segments of each (a, c) dealt to K units per (a, c)."""
     target = sm_count() * (2048 // _THREADS)
@@ -301,24 +321,14 @@ class GpuEngine:
         if M * N != x.size:
             raise ValueError(f"M * N = {M * N} does not match an array of {x.size} elements")
         out = _target(out, x)
-        mean = cp.empty(M, dtype=cp.float64)
-        rstd = cp.empty(M, dtype=cp.float64)
-        if M == 0:
-            return mean, rstd
-        if N == 0:
-            mean.fill(0.0)
-            rstd.fill(math.nan)
+        mean, rstd = _row_stats(M, N)
+        if M * N == 0:
             return mean, rstd
         if seg < 1 or N % seg:
             raise ValueError(f"seg must divide N = {N}, got {seg}")
         if period < 1:
             raise ValueError(f"period must be >= 1, got {period}")
-        if w is None and b is None:
-            wa = ba = _NULL
-        else:
-            n = period * (N // seg)
-            wa = cp.ones(n, dtype=cp.float64) if w is None else _coef(w, n, "w")
-            ba = cp.zeros(n, dtype=cp.float64) if b is None else _coef(b, n, "b")
+        wa, ba = _affine(w, b, period * (N // seg))
         tpr, rpb = _rows_layout(N, _vec(x))
         _launch(_fn(x.dtype, "nf_rows_fwd", "true" if rms else "false"), _grid(_cdiv(M, rpb), tpr * rpb),
                 (tpr, rpb), (x, out, _i64(M), _i64(N), wa, ba, _i64(seg), _i64(period), np.float64(eps), mean, rstd))
@@ -334,19 +344,10 @@ class GpuEngine:
         if M * N != x.size or res.shape != x.shape:
             raise ValueError("rows_add_forward: x and residual must hold M * N elements")
         h, y = _target(h, x, "h"), _target(y, x)
-        mean = cp.empty(M, dtype=cp.float64)
-        rstd = cp.empty(M, dtype=cp.float64)
-        if M == 0:
+        mean, rstd = _row_stats(M, N)
+        if M * N == 0:
             return mean, rstd
-        if N == 0:
-            mean.fill(0.0)
-            rstd.fill(math.nan)
-            return mean, rstd
-        if w is None and b is None:
-            wa = ba = _NULL
-        else:
-            wa = cp.ones(N, dtype=cp.float64) if w is None else _coef(w, N, "w")
-            ba = cp.zeros(N, dtype=cp.float64) if b is None else _coef(b, N, "b")
+        wa, ba = _affine(w, b, N)
         tpr, rpb = _rows_layout(N, _vec(x))
         _launch(_fn(x.dtype, "nf_rows_add_fwd", "true" if rms else "false"), _grid(_cdiv(M, rpb), tpr * rpb),
                 (tpr, rpb), (x, res, h, y, _i64(M), _i64(N), wa, ba, np.float64(eps), mean, rstd))
