@@ -11,7 +11,7 @@ import sys
 
 COMMANDS = {
     "bench": ("normfast.bench", "benchmark normfast against NumPy, PyTorch and CuPy, with the copy roofline"),
-    "check-kernels": ("normfast._gpu.compile", "compile and check the CUDA kernels (needs CuPy and a GPU)"),
+    "check-kernels": ("normfast._gpu.compile", "compile every CUDA kernel with NVRTC (needs CuPy, no GPU)"),
     "dask-demo": ("normfast._dask_demo", "mergeable statistics over a dask array (needs dask)"),
 }
 
