@@ -161,22 +161,32 @@ def samples(xk, y, N, B, G, D, w, b, eps):
     return eng.samples_forward(xk, y, N, B, G, D, w, b, eps)
 
 
+def normalize_trailing(x, k, w, b, eps, out, rms=False):
+    """normalize_along for the last k axes (LayerNorm / RMSNorm): the fused row kernel, with
+    no axis bookkeeping (the path of small, latency-bound calls)."""
+    lead = x.shape[:x.ndim - k]
+    M, N = prod(lead), prod(x.shape[x.ndim - k:])
+    xk = as_kernel_input(x)
+    y = target(out, xk)
+    mean, rstd = rows(xk, y, M, N, None if w is None else w.reshape(-1), None if b is None else b.reshape(-1),
+                      eps, rms)
+    return finish(out, x.dtype, y), mean.reshape(lead), rstd.reshape(lead)
+
+
 def normalize_along(x, axes, w, b, eps, out, rms=False):
     """Standardize x over `axes` with optional weight/bias of the normalized axes' shape.
     Returns (y, mean, rstd) with mean/rstd of the kept axes' shape (float64)."""
     nd = x.ndim
+    if tuple(axes) == tuple(range(nd - len(axes), nd)):
+        return normalize_trailing(x, len(axes), w, b, eps, out, rms)
     kept = [i for i in range(nd) if i not in axes]
     stat_shape = tuple(x.shape[i] for i in kept)
     xk = as_kernel_input(x)
     M, N = prod(stat_shape), prod(x.shape[i] for i in axes)
-    trailing = tuple(axes) == tuple(range(nd - len(axes), nd))
-    dims = None if trailing else plan4d(x.shape, set(axes))
+    dims = plan4d(x.shape, set(axes))
     wf = None if w is None else w.reshape(-1)
     bf = None if b is None else b.reshape(-1)
-    if trailing:
-        y = target(out, xk)
-        mean, rstd = rows(xk, y, M, N, wf, bf, eps, rms)
-    elif dims is not None and w is None and b is None:
+    if dims is not None and w is None and b is None:
         y = target(out, xk)
         n, mean, m2 = moments4d(xk, dims, rms)
         if rms:

@@ -37,7 +37,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     b = check_param(bias, shape, "bias")
     eps = check_eps(eps)
     out = check_out(out, x.shape, x.dtype, x)
-    y, mean, rstd = _core.normalize_along(x, axes, w, b, eps, out)
+    y, mean, rstd = _core.normalize_trailing(x, len(axes), w, b, eps, out)
     return (y, mean, rstd) if return_stats else y
 
 

@@ -17,7 +17,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_sta
     w = check_param(weight, shape, "weight")
     eps = float(np.finfo(x.dtype).eps) if eps is None else check_eps(eps)
     out = check_out(out, x.shape, x.dtype, x)
-    y, _, rstd = _core.normalize_along(x, axes, w, None, eps, out, rms=True)
+    y, _, rstd = _core.normalize_trailing(x, len(axes), w, None, eps, out, rms=True)
     return (y, rstd) if return_stats else y
 
 

@@ -13,11 +13,13 @@ input values the kernel sees.  For float64 data whose spread is tiny next to its
 magnitude, ``mean_rounding_atol`` adds the floor set by a float64 mean.
 """
 import math
+import os
 import warnings
 import zlib
 
 import numpy as np
 import pytest
+from hypothesis import settings as hyp_settings
 
 import normfast
 
@@ -29,8 +31,15 @@ AFFINES = ("none", "weight", "bias", "both")
 
 LD = np.longdouble
 
+# CI (CI=true) runs the property-based tests derandomized, so a landing never depends on luck;
+# local runs keep exploring new examples.
+hyp_settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hyp_settings.load_profile("ci")
+
 
 # --------------------------------------------------------------------------- inputs
+
 
 def make_x(rng, shape, dtype, layout="contig", loc=0.5, scale=2.0):
     """Random array of `shape`/`dtype` in one of several memory layouts.
