@@ -21,7 +21,6 @@ from ._engine_cpu import CpuEngine
 # so concurrent threads can use different backends.  Statistics and coefficients are
 # always small host NumPy float64 arrays; only x-sized arrays live on the engine's device.
 _ENGINE = contextvars.ContextVar("normfast_engine", default=CpuEngine)
-ENGINE = CpuEngine      # the CPU engine; engine() gives the one of the current call
 
 
 def engine():
@@ -80,22 +79,6 @@ def plan4d(shape, red_axes):
     if len(sizes) == 4:
         return tuple(sizes)
     return None
-
-
-ALIGN = 64
-
-
-def empty_aligned(shape, dtype):
-    """np.empty with the data 64-byte aligned (a cache line): NumPy only guarantees 16 bytes,
-    and the streaming stores of large outputs want whole lines.  Large NumPy allocations keep
-    NumPy's allocator (huge pages) since this is a view of one."""
-    dtype = np.dtype(dtype)
-    n = prod(shape)
-    if n * dtype.itemsize < (1 << 16):
-        return np.empty(shape, dtype)
-    buf = np.empty(n * dtype.itemsize + ALIGN, np.uint8)
-    off = (-buf.ctypes.data) % ALIGN
-    return buf[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def target(out, xk):

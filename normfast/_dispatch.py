@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-_DL_CPU, _DL_CUDA = 1, 2
+DL_CPU, DL_CUDA = 1, 2
 
 
 def _module(obj):
@@ -37,9 +37,9 @@ def get_backend(x):
             dev = x.__dlpack_device__()[0]
         except Exception:
             dev = None
-        if dev == _DL_CPU:
+        if dev == DL_CPU:
             return "dlpack-cpu"
-        if dev == _DL_CUDA and "cupy" in _available_modules():
+        if dev == DL_CUDA and "cupy" in _available_modules():
             return "cupy"
     if hasattr(x, "__array_namespace__"):
         return "array-api"
@@ -81,7 +81,12 @@ def _device_of(v):
         return None
 
 
-def _to_numpy(v, name, dev):
+def _detached(v):
+    """torch tensors that require grad cannot be exported through DLPack: export their data."""
+    return v.detach() if _module(v) == "torch" and getattr(v, "requires_grad", False) else v
+
+
+def to_numpy(v, name, dev):
     """Zero-copy NumPy view of a CPU DLPack object (torch tensors are detached first)."""
     if v is None or isinstance(v, (np.ndarray, int, float, bool, str, tuple, list, slice)):
         return v
@@ -90,45 +95,50 @@ def _to_numpy(v, name, dev):
     d = _device_of(v)
     if d != dev:
         raise TypeError(f"{name} is on another device than x (DLPack device {d} vs {dev}); move it first")
-    if _module(v) == "torch" and getattr(v, "requires_grad", False):
-        v = v.detach()
-    return np.from_dlpack(v)
+    return np.from_dlpack(_detached(v))
 
 
-def _wrap_back(res, x, views):
-    """NumPy results -> the caller's array type (zero-copy through DLPack)."""
+def _wrap_back(res, views, ours, convert):
+    """Results of our array type (`ours`) -> the caller's: an argument's view comes back as the
+    caller's own object (e.g. out=), any other result through `convert` (zero-copy DLPack)."""
     if isinstance(res, tuple):
-        return tuple(_wrap_back(r, x, views) for r in res)
-    if not isinstance(res, np.ndarray):
+        return tuple(_wrap_back(r, views, ours, convert) for r in res)
+    if not ours(res):
         return res
     for view, orig in views:
         if res is view:
             return orig
-    mod = _module(x)
-    if mod == "torch":
+    return convert(res)
+
+
+def _to_caller_cpu(x):
+    """NumPy -> x's array type."""
+    if _module(x) == "torch":
         import torch
-        return torch.from_dlpack(res)
-    try:
-        import array_api_compat
-        xp = array_api_compat.array_namespace(x)
-        return xp.from_dlpack(res)
-    except Exception:
-        return res
+        return torch.from_dlpack
+
+    def convert(res):
+        try:
+            import array_api_compat
+            return array_api_compat.array_namespace(x).from_dlpack(res)
+        except Exception:
+            return res
+    return convert
 
 
 def _route_dlpack(fn, args, kwargs, x):
-    dev = _DL_CPU
+    dev = DL_CPU
     views = []
 
     def conv(v, name):
-        nv = _to_numpy(v, name, dev)
+        nv = to_numpy(v, name, dev)
         if isinstance(nv, np.ndarray):
             views.append((nv, v))     # a caller's NumPy array (e.g. out=) comes back as itself
         return nv
 
     nargs = [conv(a, f"argument {i}") for i, a in enumerate(args)]
     nkw = {k: conv(v, k) for k, v in kwargs.items()}
-    return _wrap_back(fn(*nargs, **nkw), x, views)
+    return _wrap_back(fn(*nargs, **nkw), views, lambda r: isinstance(r, np.ndarray), _to_caller_cpu(x))
 
 
 def _route_cupy(fn, args, kwargs, x):
@@ -138,33 +148,18 @@ def _route_cupy(fn, args, kwargs, x):
 
         def conv(v):
             if v is not None and hasattr(v, "__dlpack__") and _module(v) != "cupy" and not isinstance(v, np.ndarray):
-                if _module(v) == "torch" and getattr(v, "requires_grad", False):
-                    v2 = v.detach()
-                else:
-                    v2 = v
-                c = cupy.from_dlpack(v2)
+                c = cupy.from_dlpack(_detached(v))
                 views.append((c, v))
                 return c
             return v
         res = _route_cupy(fn, [conv(a) for a in args], {k: conv(v) for k, v in kwargs.items()}, conv(x))
-        return _wrap_cuda_back(res, x, views)
+        import torch
+        return _wrap_back(res, views, lambda r: _module(r) == "cupy", torch.from_dlpack)
     try:
         from ._gpu import dispatch as gpu_dispatch
     except ImportError:
         return _route_portable(fn, args, kwargs)
     return gpu_dispatch.call(fn, args, kwargs, x)
-
-
-def _wrap_cuda_back(res, x, views):
-    if isinstance(res, tuple):
-        return tuple(_wrap_cuda_back(r, x, views) for r in res)
-    if _module(res) != "cupy":
-        return res
-    for view, orig in views:
-        if res is view:
-            return orig
-    import torch
-    return torch.from_dlpack(res)
 
 
 def _route_dask(fn, args, kwargs):

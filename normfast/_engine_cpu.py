@@ -4,15 +4,27 @@ All arrays are C-contiguous NumPy arrays; x/dy/out are float32 or float64; every
 coefficient and statistic is float64.  The GPU engine (normfast._gpu) offers the
 same methods on CuPy arrays.
 """
+import math
+
 import numpy as np
 
 from ._cpu import _backward, _moments, _normalize
 from ._threads import get_num_threads
 
+ALIGN = 64
 
-def _core_empty(shape, dtype):
-    from ._core import empty_aligned
-    return empty_aligned(shape, dtype)
+
+def empty_aligned(shape, dtype):
+    """np.empty with the data 64-byte aligned (a cache line): NumPy only guarantees 16 bytes,
+    and the streaming stores of large outputs want whole lines.  Large NumPy allocations keep
+    NumPy's allocator (huge pages) since this is a view of one."""
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    if n * dtype.itemsize < (1 << 16):
+        return np.empty(shape, dtype)
+    buf = np.empty(n * dtype.itemsize + ALIGN, np.uint8)
+    off = (-buf.ctypes.data) % ALIGN
+    return buf[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 class CpuEngine:
@@ -35,9 +47,7 @@ class CpuEngine:
     def writable_as_is(out):
         return out.flags.c_contiguous and out.flags.aligned
 
-    @staticmethod
-    def empty(shape, dtype):
-        return _core_empty(shape, dtype)
+    empty = staticmethod(empty_aligned)
 
     @staticmethod
     def to_host(a):
@@ -88,7 +98,7 @@ class CpuEngine:
     def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db, gh=None):
         """Row-wise (Layer/RMS) backward; gh (optional, M x N) is added to dx in the same pass.
         Returns (dx or None, dw or None, db or None); dw/db float64."""
-        dx = _core_empty(x.shape, x.dtype) if need_dx else None
+        dx = empty_aligned(x.shape, x.dtype) if need_dx else None
         dw = np.empty(N, dtype=np.float64) if need_dw else None
         db = np.empty(N, dtype=np.float64) if need_db else None
         if w is None:

@@ -253,7 +253,7 @@ def header_info(env, threads):
     isa, omp = _isa(nf)
     try:
         from normfast import _core
-        engine = getattr(_core.ENGINE, "name", "cpu")
+        engine = getattr(_core.engine(), "name", "cpu")
     except Exception:
         engine = "cpu"
     info = {

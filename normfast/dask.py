@@ -40,6 +40,7 @@ import numpy as np
 from dask.array.utils import asarray_safe
 
 from . import _core, _running
+from ._engine_cpu import CpuEngine
 from ._checks import FLOAT_DTYPES, check_eps, check_int, check_momentum, check_param, normalize_axes
 from .batch_norm import channel_dims
 from .layer_norm import normalized_axes
@@ -248,13 +249,13 @@ def _apply_np(block, red_axes, mean, p, q):
     dims = _core.plan4d(xk.shape, red)
     if dims is not None:
         y = np.empty_like(xk)
-        _core.ENGINE.apply(xk, dims, mean, p, q, y)
+        CpuEngine.apply(xk, dims, mean, p, q, y)
     else:
         perm = kept + sorted(red)
         xt = np.ascontiguousarray(xk.transpose(perm))
         M = _core.prod(xk.shape[i] for i in kept)
         yt = np.empty_like(xt)
-        _core.ENGINE.apply(xt, (M, 1, 1, _core.prod(xk.shape[i] for i in red)), mean, p, q, yt)
+        CpuEngine.apply(xt, (M, 1, 1, _core.prod(xk.shape[i] for i in red)), mean, p, q, yt)
         y = np.empty_like(xk)
         y.transpose(perm)[...] = yt
     return y if y.dtype == block.dtype else y.astype(block.dtype)

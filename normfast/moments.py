@@ -8,9 +8,9 @@ from ._checks import check_float_array, check_int, normalize_axes
 def _count_mean_m2(x, axis):
     """(count, mean, M2) of x over `axis` (None = all); float64, mean/M2 shaped as the kept axes."""
     if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
-        from ._dispatch import get_backend
+        from ._dispatch import DL_CPU, get_backend, to_numpy
         if get_backend(x) == "dlpack-cpu":
-            x = np.from_dlpack(x.detach() if hasattr(x, "detach") else x)
+            x = to_numpy(x, "x", DL_CPU)
     x = check_float_array(x)
     axes = tuple(range(x.ndim)) if axis is None else normalize_axes(axis, x.ndim)
     kept = [i for i in range(x.ndim) if i not in axes]
@@ -18,7 +18,7 @@ def _count_mean_m2(x, axis):
     xk = _core.as_kernel_input(x)
     dims = _core.plan4d(x.shape, set(axes))
     if dims is None:
-        xk = np.ascontiguousarray(xk.transpose(kept + list(axes)))
+        xk = _core.kernel_array(xk.transpose(kept + list(axes)), xk.dtype)
         dims = (_core.prod(stat_shape), 1, 1, _core.prod(x.shape[i] for i in axes))
     n, mean, m2 = _core.moments4d(xk, dims)
     count = _core.prod(x.shape[i] for i in axes)

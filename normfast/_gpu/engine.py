@@ -315,7 +315,6 @@ class GpuEngine:
     @staticmethod
     def rows_forward(x, M, N, w, b, seg, period, eps, rms, out):
         """Fused per-row statistics and normalization.  Returns (mean, rstd), (M,) float64."""
-        cp = _cp()
         x = _input(x)
         M, N, seg, period = int(M), int(N), int(seg), int(period)
         if M * N != x.size:
@@ -338,7 +337,6 @@ class GpuEngine:
     def rows_add_forward(x, res, h, y, M, N, w, b, eps, rms):
         """Fused h = x + res (rounded in x's dtype, stored in h) and y = norm(h) per row (w/b
         float64 (N,) or None).  Returns (mean, rstd), (M,) float64."""
-        cp = _cp()
         x, res = _input(x), _input(res, "residual")
         M, N = int(M), int(N)
         if M * N != x.size or res.shape != x.shape:
