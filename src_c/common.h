@@ -118,17 +118,6 @@ static inline void nf_stream_fence(void) {}
 #endif
 #define NF_STREAM8(p, v) NF_CAT(nf_stream8_, NF_T)(p, v)
 
-/* Chan et al. merge of two partial moments (unequal counts allowed). */
-static inline void nf_mom_merge(nf_mom *a, nf_mom b)
-{
-    if (b.n == 0) return;
-    if (a->n == 0) { *a = b; return; }
-    double n = a->n + b.n, d = b.mean - a->mean;
-    a->mean += d * (b.n / n);
-    a->m2 += b.m2 + d * d * (a->n / n * b.n);
-    a->n = n;
-}
-
 /* Chan's merge in its k-way form: K partials p[0], p[stride], ... (any counts):
  *   n = sum n_i,  mean = m_0 + sum n_i (m_i - m_0) / n,  M2 = sum M2_i + sum n_i (m_i - mean)^2
  * Two short passes and one division instead of K pairwise merges; shifting by m_0 keeps a
