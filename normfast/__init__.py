@@ -4,15 +4,15 @@ BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm (forward and backward) an
 single-pass mergeable mean/variance statistics under them.  Names and argument order
 follow ``torch.nn.functional``.
 """
-from .add_norm import add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward
+from ._add_norm import add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward
 from ._threads import get_num_threads, set_num_threads
-from .batch_norm import batch_norm, batch_norm_backward
-from .group_norm import group_norm, group_norm_backward
-from .instance_norm import instance_norm, instance_norm_backward
-from .layer_norm import layer_norm, layer_norm_backward
-from .moments import Moments, moments
-from .normalize import normalize
-from .rms_norm import rms_norm, rms_norm_backward
+from ._batch_norm import batch_norm, batch_norm_backward
+from ._group_norm import group_norm, group_norm_backward
+from ._instance_norm import instance_norm, instance_norm_backward
+from ._layer_norm import layer_norm, layer_norm_backward
+from ._moments import Moments, moments
+from ._normalize import normalize
+from ._rms_norm import rms_norm, rms_norm_backward
 
 from ._dispatch import backends, dispatch as _dispatch, get_backend
 

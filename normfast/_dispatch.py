@@ -198,5 +198,6 @@ def dispatch(position=0):
                 return _route_dlpack(fn, args, kwargs, x)
             return _route_portable(fn, args, kwargs)
         wrapper.__wrapped__ = fn
+        wrapper.__module__ = "normfast"      # public name: pickles by reference as normfast.<name>
         return wrapper
     return deco

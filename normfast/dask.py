@@ -42,9 +42,9 @@ from dask.array.utils import asarray_safe
 from . import _core, _running
 from ._engine_cpu import CpuEngine
 from ._checks import FLOAT_DTYPES, check_eps, check_int, check_momentum, check_param, normalize_axes
-from .batch_norm import channel_dims
-from .layer_norm import normalized_axes
-from .moments import Moments, _count_mean_m2
+from ._batch_norm import channel_dims
+from ._layer_norm import normalized_axes
+from ._moments import Moments, _count_mean_m2
 
 __all__ = ["STATS_DTYPE", "batch_norm", "group_norm", "layer_norm", "moments", "moments_state", "standardize"]
 

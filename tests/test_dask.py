@@ -13,7 +13,7 @@ dask = pytest.importorskip("dask")
 
 import normfast  # noqa: E402
 import normfast.dask as nd  # noqa: E402
-from normfast.moments import _count_mean_m2  # noqa: E402
+from normfast._moments import _count_mean_m2  # noqa: E402
 
 
 def _rel(a, b):

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _core
 from ._checks import check_eps, check_float_array, check_out, check_param
-from .layer_norm import normalized_axes
+from ._layer_norm import normalized_axes
 
 
 def _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_out, rms, fname):

@@ -3,7 +3,7 @@ import numpy as np
 
 from . import _core, _running
 from ._checks import check_eps, check_float_array, check_momentum, check_out, check_param
-from .group_norm import sample_channel_dims
+from ._group_norm import sample_channel_dims
 
 
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,

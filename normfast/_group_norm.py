@@ -3,7 +3,7 @@ import numpy as np
 
 from . import _core
 from ._checks import check_eps, check_float_array, check_int, check_out, check_param
-from .batch_norm import channel_dims
+from ._batch_norm import channel_dims
 
 
 def sample_channel_dims(x, channel_axis, fname):

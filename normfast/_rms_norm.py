@@ -3,7 +3,7 @@ import numpy as np
 
 from . import _core
 from ._checks import check_eps, check_float_array, check_out, check_param
-from .layer_norm import normalized_axes
+from ._layer_norm import normalized_axes
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
