@@ -7,27 +7,25 @@ y and h, instead of two round trips through memory.
 import numpy as np
 
 from . import _core
-from ._checks import check_eps, check_float_array, check_out, check_param
+from ._checks import check_eps, check_float_array, check_out, check_param, check_separate, same_dtype
 from ._layer_norm import normalized_axes
 
 
 def _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_out, rms, fname):
     x = check_float_array(x)
     residual = check_float_array(residual, "residual")
-    if residual.shape != x.shape or residual.dtype != x.dtype:
+    if residual.shape != x.shape or not same_dtype(residual.dtype, x.dtype):
         raise ValueError(f"{fname}: residual must have x's shape {tuple(x.shape)} and dtype {x.dtype}, "
                          f"got {tuple(residual.shape)} {residual.dtype}")
     shape, _ = normalized_axes(x, normalized_shape, fname)
     w = check_param(weight, shape, "weight")
     b = check_param(bias, shape, "bias")
     out = check_out(out, x.shape, x.dtype, x)
-    if out is not None and out is not residual:
-        check_out(out, x.shape, x.dtype, residual)
     if residual_out is not None:
-        check_out(residual_out, x.shape, x.dtype, residual)
-        check_out(residual_out, x.shape, x.dtype, x)
-        if out is not None and residual_out is out:
-            raise ValueError("out and residual_out must be different arrays")
+        check_out(residual_out, x.shape, x.dtype, x, "residual_out")
+        if residual_out is out:
+            raise ValueError(f"{fname}: out and residual_out must be different arrays")
+    check_separate(fname, [("x", x), ("residual", residual)], [("out", out), ("residual_out", residual_out)])
     lead = x.shape[:x.ndim - len(shape)]
     M, N = _core.prod(lead), _core.prod(shape)
     eng = _core.engine()

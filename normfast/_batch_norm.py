@@ -2,7 +2,8 @@
 import numpy as np
 
 from . import _core, _running
-from ._checks import check_eps, check_float_array, check_momentum, check_out, check_param, normalize_axis
+from ._checks import (check_eps, check_float_array, check_momentum, check_out, check_param, check_separate,
+                      normalize_axis)
 
 
 def channel_dims(x, channel_axis, fname):
@@ -35,6 +36,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     check_momentum(momentum)
     rm, rv = _running.check_running(running_mean, running_var, C, training)
     out = check_out(out, x.shape, x.dtype, x)
+    if training:
+        check_separate("batch_norm", [("x", x)], [("out", out), ("running_mean", rm), ("running_var", rv),
+                                                ("num_batches_tracked", num_batches_tracked)])
     dims = (1, B, C, D)
     if training:
         n_per = B * D

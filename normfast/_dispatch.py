@@ -179,13 +179,42 @@ def _route_portable(fn, args, kwargs):
     return impl(*args, **kwargs)
 
 
+def _named(fname, err):
+    """The same exception with the public function's name in front (argument checks deep in
+    the call name the argument; this names the function), chained to the original."""
+    msg = str(err)
+    if type(err) not in (TypeError, ValueError) or msg.startswith(fname):
+        return err
+    new = type(err)(f"{fname}: {msg}")
+    new.__cause__ = err.__cause__
+    return new
+
+
 def dispatch(position=0):
     """Decorator: route by the type of the array argument at `position` (x)."""
     def deco(fn):
+        fname = fn.__name__
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            try:
+                return _route(args, kwargs)
+            except (TypeError, ValueError) as err:
+                new = _named(fname, err)
+                if new is err:
+                    raise
+                raise new from None
+
+        def _route(args, kwargs):
             x = args[position] if len(args) > position else kwargs.get("x", kwargs.get("h"))
             if type(x) is np.ndarray:
+                return fn(*args, **kwargs)
+            if isinstance(x, np.generic):           # NumPy scalars: 0-d arrays
+                args = list(args)
+                if len(args) > position:
+                    args[position] = np.asarray(x)
+                else:
+                    kwargs["x" if "x" in kwargs else "h"] = np.asarray(x)
                 return fn(*args, **kwargs)
             kind = get_backend(x)
             if kind == "numpy":

@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import _core, _running
-from ._checks import check_eps, check_float_array, check_momentum, check_out, check_param
+from ._checks import check_eps, check_float_array, check_momentum, check_out, check_param, check_separate
 from ._group_norm import sample_channel_dims
 
 
@@ -24,6 +24,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     check_momentum(momentum)
     rm, rv = _running.check_running(running_mean, running_var, C, use_input_stats)
     out = check_out(out, x.shape, x.dtype, x)
+    if use_input_stats:
+        check_separate("instance_norm", [("x", x)], [("out", out), ("running_mean", rm), ("running_var", rv)])
     xk = _core.as_kernel_input(x)
     y = _core.target(out, xk)
     dims = (N, pre, C, post)

@@ -11,6 +11,8 @@ def normalized_axes(x, normalized_shape, fname):
         normalized_shape = (normalized_shape,)
     elif isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         normalized_shape = (int(normalized_shape),)
+    if hasattr(normalized_shape, "__iter__") and not isinstance(normalized_shape, (str, bytes, tuple, list)):
+        normalized_shape = tuple(normalized_shape)        # generators, torch.Size, arrays: read once
     if isinstance(normalized_shape, (str, bytes)) or not hasattr(normalized_shape, "__iter__") or not all(
             type(s) is int or isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in normalized_shape):
         raise TypeError(f"{fname}: normalized_shape must be an int or a sequence of ints, "

@@ -1,8 +1,11 @@
 """moments / Moments: single-pass, mergeable mean and variance (count, mean, M2)."""
+import math
+import numbers
+
 import numpy as np
 
 from . import _core
-from ._checks import check_float_array, check_int, normalize_axes
+from ._checks import check_float_array, normalize_axes
 
 
 def _count_mean_m2(x, axis):
@@ -12,6 +15,9 @@ def _count_mean_m2(x, axis):
         if get_backend(x) == "dlpack-cpu":
             x = to_numpy(x, "x", DL_CPU)
     x = check_float_array(x)
+    if isinstance(axis, (tuple, list)) and len(axis) == 0:      # the empty reduction (Array API): count 1
+        mean = np.asarray(x, dtype=np.float64).copy()
+        return 1, mean, np.where(np.isfinite(mean), 0.0, np.nan), ()
     axes = tuple(range(x.ndim)) if axis is None else normalize_axes(axis, x.ndim)
     kept = [i for i in range(x.ndim) if i not in axes]
     stat_shape = tuple(x.shape[i] for i in kept)
@@ -32,13 +38,13 @@ def moments(x, axis=None, *, correction=0, keepdims=False, return_count=False):
     Parameters
     ----------
     x : float16/32/64 array.  axis : None (all), int or tuple of ints.
-    correction : degrees of freedom removed from the count (0: biased, 1: unbiased), like
-        ``numpy.var(ddof=)`` / ``torch.var(correction=)``.
+    correction : degrees of freedom removed from the count (0: biased, 1: unbiased; any real
+        >= 0, as the Array API allows), like ``numpy.var(ddof=)`` / ``torch.var(correction=)``.
     Returns ``(mean, var)`` (``(mean, var, count)`` with ``return_count``), in float64 for
     float64 input and float32 otherwise (accumulation is always float64).  Empty reductions
     give NaN.
     """
-    correction = check_int(correction, "correction", 0)
+    correction = check_correction(correction)
     count, mean, m2, axes = _count_mean_m2(x, axis)
     with np.errstate(divide="ignore", invalid="ignore"):
         var = m2 / (count - correction) if count - correction > 0 else np.full_like(m2, np.nan)
@@ -48,6 +54,21 @@ def moments(x, axis=None, *, correction=0, keepdims=False, return_count=False):
     dt = np.float64 if np.dtype(x.dtype).itemsize == 8 else np.float32
     mean, var = np.asarray(mean, dtype=dt), np.asarray(var, dtype=dt)
     return (mean, var, count) if return_count else (mean, var)
+
+
+def check_correction(correction):
+    """int or float >= 0 (the Array API's ``correction: int | float``)."""
+    if isinstance(correction, bool) or not isinstance(correction, numbers.Real):
+        raise TypeError(f"correction must be a real number >= 0, got {type(correction).__name__}")
+    correction = float(correction)
+    if not (math.isfinite(correction) and correction >= 0):
+        raise ValueError(f"correction must be finite and >= 0, got {correction}")
+    return correction
+
+
+def _is_empty_default(m):
+    """``Moments()``: the scalar state with nothing folded in, the identity of merge."""
+    return m.mean.shape == () and m.count.shape == () and float(m.count) == 0
 
 
 class Moments:
@@ -85,7 +106,13 @@ class Moments:
     def merge(self, other):
         """Chan's merge of ``other`` into self (in place); returns self."""
         if not isinstance(other, Moments):
-            raise TypeError(f"merge: other must be a Moments, got {type(other).__name__}")
+            raise TypeError(f"Moments.merge: other must be a Moments, got {type(other).__name__}")
+        if self.mean.shape != other.mean.shape:
+            if _is_empty_default(other):
+                return self
+            if not _is_empty_default(self):
+                raise ValueError(f"Moments.merge: statistics of shape {self.mean.shape} and {other.mean.shape} "
+                                 "cannot be merged (they describe different features)")
         na, nb = self.count, other.count
         n = na + nb
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -105,7 +132,7 @@ class Moments:
         return r
 
     def var(self, correction=0):
-        correction = check_int(correction, "correction", 0)
+        correction = check_correction(correction)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.count - correction > 0, self.m2 / (self.count - correction), np.nan)
 

@@ -9,6 +9,7 @@ import os
 
 from ._cpu import _openmp
 
+MAX_THREADS = 4096      # far above any machine's cores; keeps the count a C int everywhere
 _override = None
 _forked = False
 
@@ -22,6 +23,8 @@ def set_num_threads(n):
         n = int(n)
         if n < 1:
             raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+        if n > MAX_THREADS:
+            raise ValueError(f"set_num_threads: n must be <= {MAX_THREADS}, got {n}")
     _override = n
 
 

@@ -46,6 +46,18 @@ class _Norm:
         self.grads = {}
         self._saved = None
 
+    def __getstate__(self):
+        """Picklable and deep-copyable: the array namespace is stored by its module name."""
+        state = self.__dict__.copy()
+        state["xp"] = self.xp.__name__
+        return state
+
+    def __setstate__(self, state):
+        import importlib
+        state = dict(state)
+        state["xp"] = importlib.import_module(state["xp"])
+        self.__dict__.update(state)
+
     def train(self, mode=True):
         self.training = bool(mode)
         return self
@@ -74,12 +86,17 @@ class _Norm:
         unexpected = set(state) - expected
         if missing or unexpected:
             raise KeyError(f"load_state_dict: missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}")
-        for k in expected:
+        new = {}
+        for k in sorted(expected):            # check every entry before changing any (no partial load)
             cur = getattr(self, k)
             v = _to_host(state[k])
             if tuple(v.shape) != tuple(cur.shape):
                 raise ValueError(f"load_state_dict: {k} must have shape {tuple(cur.shape)}, got {tuple(v.shape)}")
-            cur[...] = self.xp.asarray(v.astype(cur.dtype))
+            if v.dtype.kind not in "fiub":
+                raise TypeError(f"load_state_dict: {k} must be a real array, got dtype {v.dtype}")
+            new[k] = self.xp.asarray(v.astype(cur.dtype))
+        for k, v in new.items():
+            getattr(self, k)[...] = v
         return self
 
 
@@ -129,6 +146,9 @@ class GroupNorm(_Norm):
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, channel_axis=1, device=None,
                  dtype=np.float32):
         super().__init__(device, dtype)
+        for name, v in (("num_groups", num_groups), ("num_channels", num_channels)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"GroupNorm: {name} must be a positive int, got {v!r}")
         if num_channels % num_groups:
             raise ValueError(f"num_groups={num_groups} must divide num_channels={num_channels}")
         self.num_groups, self.eps, self.channel_axis = num_groups, eps, channel_axis

@@ -135,7 +135,15 @@ static inline nf_mom nf_mom_merge_k(const nf_mom *p, int64_t K, int64_t stride)
         sd += q->n * (q->mean - p[first * stride].mean);
     }
     if (first < 0) return r;
-    const double mean = p[first * stride].mean + sd / n;
+    double mean = p[first * stride].mean + sd / n;
+    if (!isfinite(mean)) {
+        /* inf/NaN partials: m_i - m_0 would be inf - inf.  The plain weighted mean gives what
+         * NumPy and torch give (inf for [1, inf, 2], NaN for [inf, -inf]). */
+        double s = 0.0;
+        for (int64_t i = first; i < K; ++i)
+            if (p[i * stride].n != 0) s += p[i * stride].n * p[i * stride].mean;
+        mean = s / n;
+    }
     double m2 = 0.0;
     for (int64_t i = first; i < K; ++i) {
         const nf_mom *q = p + i * stride;
@@ -162,6 +170,10 @@ static inline nf_mom nf_lanes_finish(const double *s1, const double *s2, double 
     if (r.m2 < 0) r.m2 = 0.0;   /* keeps NaN */
     return r;
 }
+
+/* The shift of a chunk's shifted sums: a data value, but 0 when that value is inf/NaN
+ * (x - inf would turn every finite value into NaN instead of propagating the inf). */
+static inline double nf_shift(double v) { return isfinite(v) ? v : 0.0; }
 
 static inline int nf_threads(int nt, int64_t work)
 {

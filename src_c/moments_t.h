@@ -132,7 +132,7 @@ static nf_mom NF_S(nf_row_moments)(const NF_T *x, int64_t n, int rms)
     for (int64_t j = 0; j < P; ++j) {
         const int64_t o = j * NF_CHUNK, len = n - o < NF_CHUNK ? n - o : NF_CHUNK;
         double acc[2 * NF_LANES] = {0};
-        double k = rms ? 0.0 : (double)x[o];
+        double k = rms ? 0.0 : nf_shift((double)x[o]);
         NF_S(nf_seg_sums)(x + o, len, k, acc);
         p[j] = nf_lanes_finish(acc, acc + NF_LANES, (double)len, k, rms);
     }
@@ -164,7 +164,7 @@ static void NF_S(nf_col_unit)(const NF_T *X, const NF_T *G, const double *m, int
         }
         return;
     }
-    for (int64_t l = 0; l < L; ++l) k[l] = rms ? 0.0 : (double)X[l];
+    for (int64_t l = 0; l < L; ++l) k[l] = rms ? 0.0 : nf_shift((double)X[l]);
     NF_S(nf_col_sums)(X, rows, L, k, s1, s2);
     for (int64_t l = 0; l < L; ++l) {
         pl[l].n = nr;
@@ -223,7 +223,7 @@ static int NF_S(nf_reduce4d)(const NF_T *x, const NF_T *dy, const double *m, int
                                len = D - off < NF_CHUNK ? D - off : NF_CHUNK; }
             else { b0 = kk * g; b1 = b0 + g < B ? b0 + g : B; }
             double k = 0.0;
-            if (kind == 0) k = (double)base[b0 * L + off];
+            if (kind == 0) k = nf_shift((double)base[b0 * L + off]);
             for (int64_t b = b0; b < b1; ++b) {
                 if (kind == 2) NF_S(nf_seg_dsums)(base + b * L + off, gbase + b * L + off, len, m[s], acc);
                 else NF_S(nf_seg_sums)(base + b * L + off, len, k, acc);

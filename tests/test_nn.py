@@ -66,3 +66,4 @@ def test_load_state_dict_errors():
     sd["weight"] = np.ones(5)
     with pytest.raises(ValueError, match="weight"):
         bn.load_state_dict(sd)
+

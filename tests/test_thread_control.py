@@ -24,6 +24,9 @@ def test_set_get_num_threads():
         nf.set_num_threads(0)
     with pytest.raises(TypeError, match="positive int"):
         nf.set_num_threads(1.5)
+    with pytest.raises(ValueError, match="n must be <="):
+        nf.set_num_threads(2 ** 31)                      # would overflow the kernels' C int
+    assert nf.get_num_threads() == _openmp.max_threads()   # a refused value changes nothing
 
 
 def test_threadpoolctl_limits_normfast():
