@@ -15,8 +15,8 @@ from setuptools import Extension, setup
 SANITIZE = os.environ.get("NORMFAST_SANITIZE") == "1"
 OPENMP = os.environ.get("NORMFAST_NO_OPENMP") != "1" and sys.platform != "darwin"
 
-cflags = ["-ffp-contract=off", "-fno-math-errno", "-Wno-unused-function"]
-lflags = []
+cflags = ["-ffp-contract=off", "-fno-math-errno", "-Wno-unused-function", "-pthread"]
+lflags = ["-pthread"]
 if SANITIZE:
     cflags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
     lflags += ["-fsanitize=address,undefined"]
@@ -45,7 +45,7 @@ def ext(name):
 
 setup(
     ext_modules=cythonize(
-        [ext(n) for n in ("_openmp", "_moments", "_normalize", "_backward")],
+        [ext(n) for n in ("_openmp", "_pool", "_moments", "_normalize", "_backward")],
         compiler_directives=directives,
     ),
 )

@@ -88,6 +88,53 @@ NF_CLONES static void NF_S(nf_rows_bwd_tile)(const NF_T *restrict x, const NF_T 
         }
 }
 
+typedef struct {
+    const NF_T *x, *dy, *gh; int64_t N, M, RB;
+    const double *mean, *rstd, *w; NF_T *dx; double *pw, *pb, *dw, *db; int64_t NB;
+    int stream;
+} NF_S(nf_bwd_ctx);
+
+/* Row blocks [b0, b1) (fixed by the shape): dx and the block's dw/db partials. */
+static void NF_S(nf_bwd_range)(void *vc, int64_t b0, int64_t b1)
+{
+    const NF_S(nf_bwd_ctx) *c = (const NF_S(nf_bwd_ctx) *)vc;
+    const int64_t N = c->N, M = c->M, RB = c->RB;
+    const NF_T *x = c->x, *dy = c->dy;
+    for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t i1 = (blk + 1) * RB < M ? (blk + 1) * RB : M;
+        for (int64_t i0 = blk * RB; i0 < i1; i0 += NF_BWD_TILE) {
+            const int64_t R = i1 - i0 < NF_BWD_TILE ? i1 - i0 : NF_BWD_TILE;
+            double mr[NF_BWD_TILE], c1[NF_BWD_TILE], c2[NF_BWD_TILE];
+            for (int64_t r = 0; r < R; ++r) {
+                const int64_t i = i0 + r;
+                double acc[2];
+                mr[r] = c->mean ? c->mean[i] : 0.0;
+                c1[r] = c2[r] = 0.0;
+                if (c->dx) {
+                    NF_S(nf_row_bwd_sums)(x + i * N, dy + i * N, N, mr[r], c->rstd[i], c->w, acc);
+                    c1[r] = c->mean ? acc[0] / (double)N : 0.0;
+                    c2[r] = acc[1] / (double)N;
+                }
+            }
+            NF_S(nf_rows_bwd_tile)(x + i0 * N, dy + i0 * N, c->gh ? c->gh + i0 * N : NULL,
+                                   c->dx ? c->dx + i0 * N : NULL, R, N, mr, c->rstd + i0, c1, c2, c->w,
+                                   c->pw ? c->pw + blk * N : NULL, c->pb ? c->pb + blk * N : NULL, c->stream);
+        }
+    }
+    if (c->stream) nf_stream_fence();
+}
+
+/* Columns [j0, j1) of dw/db: the block partials summed in block order. */
+static void NF_S(nf_bwd_sum_range)(void *vc, int64_t j0, int64_t j1)
+{
+    const NF_S(nf_bwd_ctx) *c = (const NF_S(nf_bwd_ctx) *)vc;
+    for (int64_t j = j0; j < j1; ++j)
+        for (int64_t blk = 0; blk < c->NB; ++blk) {
+            if (c->pw) c->dw[j] += c->pw[blk * c->N + j];
+            if (c->pb) c->db[j] += c->pb[blk * c->N + j];
+        }
+}
+
 /* x, dy (gh: added to dx, or NULL): M x N.  mean (NULL for rms), rstd: M float64.  w: N float64 (ones when
  * the norm has no weight).  dx / dw / db may each be NULL (not wanted).
  * dw, db: N float64 outputs.  Returns 0, or -1 when memory runs out. */
@@ -109,44 +156,11 @@ static int NF_S(nf_rows_backward)(const NF_T *x, const NF_T *dy, const NF_T *gh,
     double *pw = NULL, *pb = NULL;
     if (dw && !(pw = (double *)calloc((size_t)(NB * N), sizeof(double)))) return -1;
     if (db && !(pb = (double *)calloc((size_t)(NB * N), sizeof(double)))) { free(pw); return -1; }
-    const int nth = nf_threads(nt, M * N);
-    const int stream = NF_HAVE_STREAM && dx && (const void *)dx != (const void *)x && (const void *)dx != (const void *)dy
-                       && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
-    #pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-    #pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < NB; ++blk) {
-        const int64_t i1 = (blk + 1) * RB < M ? (blk + 1) * RB : M;
-        for (int64_t i0 = blk * RB; i0 < i1; i0 += NF_BWD_TILE) {
-            const int64_t R = i1 - i0 < NF_BWD_TILE ? i1 - i0 : NF_BWD_TILE;
-            double mr[NF_BWD_TILE], c1[NF_BWD_TILE], c2[NF_BWD_TILE];
-            for (int64_t r = 0; r < R; ++r) {
-                const int64_t i = i0 + r;
-                double acc[2];
-                mr[r] = mean ? mean[i] : 0.0;
-                c1[r] = c2[r] = 0.0;
-                if (dx) {
-                    NF_S(nf_row_bwd_sums)(x + i * N, dy + i * N, N, mr[r], rstd[i], w, acc);
-                    c1[r] = mean ? acc[0] / (double)N : 0.0;
-                    c2[r] = acc[1] / (double)N;
-                }
-            }
-            NF_S(nf_rows_bwd_tile)(x + i0 * N, dy + i0 * N, gh ? gh + i0 * N : NULL, dx ? dx + i0 * N : NULL, R, N,
-                                   mr, rstd + i0, c1, c2, w, pw ? pw + blk * N : NULL, pb ? pb + blk * N : NULL,
-                                   stream);
-        }
-    }
-    if (stream) nf_stream_fence();
-    }
-    if (pw || pb) {
-        const int nth2 = nf_threads(nt, NB * N);
-        #pragma omp parallel for schedule(static) num_threads(nth2) if (nth2 > 1)
-        for (int64_t j = 0; j < N; ++j)
-            for (int64_t blk = 0; blk < NB; ++blk) {
-                if (pw) dw[j] += pw[blk * N + j];
-                if (pb) db[j] += pb[blk * N + j];
-            }
-    }
+    NF_S(nf_bwd_ctx) c = {x, dy, gh, N, M, RB, mean, rstd, w, dx, pw, pb, dw, db, NB,
+                          NF_HAVE_STREAM && dx && (const void *)dx != (const void *)x
+                          && (const void *)dx != (const void *)dy && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN};
+    nf_parallel(nf_threads(nt, M * N), NB, nf_grain(RB * N, NF_GRAIN_VALUES), NF_S(nf_bwd_range), &c);
+    if (pw || pb) nf_parallel(nf_threads(nt, NB * N), N, nf_grain(NB, NF_GRAIN_VALUES), NF_S(nf_bwd_sum_range), &c);
     free(pw); free(pb);
     return 0;
 }

@@ -23,9 +23,10 @@
  *   lane (no reassociation), compiled several times with GCC target_clones
  *   (AVX-512, AVX2, baseline), picked at load time.  -ffp-contract=off keeps
  *   every clone bitwise equal.
- * - Threads: OpenMP with a serial threshold NF_PAR_MIN = 16384 values (about
- *   5 us of work, what waking the pool costs); below it a call runs on the
- *   calling thread.
+ * - Threads: normfast's own pool (pool.h: the caller never waits for a thread
+ *   that has not started), work claimed NF_GRAIN_VALUES values at a time, and a
+ *   serial threshold NF_PAR_MIN = 16384 values (about 5 us of work); below it a
+ *   call runs on the calling thread.
  */
 #ifndef NF_COMMON_H
 #define NF_COMMON_H
@@ -34,9 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <stdatomic.h>
+#include "parallel.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(NF_NO_CLONES) && !defined(__SANITIZE_ADDRESS__)
 #define NF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -49,6 +49,8 @@
 #define NF_MIN_ROWS 64        /* minimum rows per chunk (column mode) */
 #define NF_COL_CHUNK 32768    /* values per column-mode chunk (kept in L2 while lanes are walked) */
 #define NF_PAR_MIN 16384      /* below this many elements a call stays serial */
+#define NF_GRAIN_VALUES 8192  /* values per claim of pool work: ~2 us, far above the ~50 ns of a claim,
+                                 small enough that two threads share a job of NF_PAR_MIN values */
 
 typedef struct { double n, mean, m2; } nf_mom;
 

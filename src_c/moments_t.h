@@ -179,6 +179,75 @@ static void NF_S(nf_col_unit)(const NF_T *X, const NF_T *G, const double *m, int
         part[c * pstride] = D == 1 ? pl[c] : nf_mom_merge_k(pl + c * D, D, 1);
 }
 
+typedef struct {
+    const NF_T *x, *dy; const double *m;
+    int64_t B, C, D, L; int kind, row_mode; int64_t K, per_seg, g, R;
+    nf_mom *part, *out;
+    _Atomic int failed;
+} NF_S(nf_reduce_ctx);
+
+/* Units [u0, u1) of nf_reduce4d: each writes its own partial part[s][kk]. */
+static void NF_S(nf_reduce_range)(void *vc, int64_t u0, int64_t u1)
+{
+    NF_S(nf_reduce_ctx) *c = (NF_S(nf_reduce_ctx) *)vc;
+    const int64_t B = c->B, C = c->C, D = c->D, L = c->L, K = c->K, per_seg = c->per_seg, g = c->g, R = c->R;
+    const int kind = c->kind, rms = (kind == 1);
+    double *buf = NULL;
+    if (!c->row_mode && !(buf = (double *)malloc((size_t)(3 * L) * sizeof(double) + (size_t)L * sizeof(nf_mom)))) {
+        atomic_store(&c->failed, 1);
+        return;
+    }
+    for (int64_t u = u0; u < u1; ++u) {
+        if (c->row_mode) {
+            const int64_t a = u / (K * C), kk = (u / C) % K, ch = u % C, s = a * C + ch;
+            const NF_T *base = c->x + (a * B * C + ch) * D;
+            const NF_T *gbase = c->dy ? c->dy + (a * B * C + ch) * D : NULL;
+            double acc[2 * NF_LANES] = {0};
+            int64_t b0, b1, off = 0, len = D;
+            if (per_seg > 1) { b0 = kk / per_seg; b1 = b0 + 1; off = (kk % per_seg) * NF_CHUNK;
+                               len = D - off < NF_CHUNK ? D - off : NF_CHUNK; }
+            else { b0 = kk * g; b1 = b0 + g < B ? b0 + g : B; }
+            double k = 0.0;
+            if (kind == 0) k = nf_shift((double)base[b0 * L + off]);
+            for (int64_t b = b0; b < b1; ++b) {
+                if (kind == 2) NF_S(nf_seg_dsums)(base + b * L + off, gbase + b * L + off, len, c->m[s], acc);
+                else NF_S(nf_seg_sums)(base + b * L + off, len, k, acc);
+            }
+            const double n = (double)((b1 - b0) * len);
+            nf_mom *pu = c->part + s * K + kk;
+            if (kind == 2) {
+                double a1 = 0.0, a2 = 0.0;
+                for (int j = 0; j < NF_LANES; ++j) { a1 += acc[j]; a2 += acc[NF_LANES + j]; }
+                pu->n = n; pu->mean = a1; pu->m2 = a2;
+            } else {
+                *pu = nf_lanes_finish(acc, acc + NF_LANES, n, k, rms);
+            }
+        } else {
+            const int64_t a = u / K, kk = u % K, b0 = kk * R, b1 = b0 + R < B ? b0 + R : B;
+            NF_S(nf_col_unit)(c->x + (a * B + b0) * L, c->dy ? c->dy + (a * B + b0) * L : NULL,
+                              c->m ? c->m + a * C : NULL, b1 - b0, C, D, kind, buf, c->part + a * C * K + kk, K);
+        }
+    }
+    free(buf);
+}
+
+/* Statistics [s0, s1): their K partials merged in chunk order. */
+static void NF_S(nf_merge_range)(void *vc, int64_t s0, int64_t s1)
+{
+    const NF_S(nf_reduce_ctx) *c = (const NF_S(nf_reduce_ctx) *)vc;
+    const int64_t K = c->K;
+    for (int64_t s = s0; s < s1; ++s) {
+        const nf_mom *p = c->part + s * K;
+        if (c->kind == 2) {
+            nf_mom r = {0.0, 0.0, 0.0};
+            for (int64_t kk = 0; kk < K; ++kk) { r.n += p[kk].n; r.mean += p[kk].mean; r.m2 += p[kk].m2; }
+            c->out[s] = r;
+        } else {
+            c->out[s] = nf_mom_merge_k(p, K, 1);
+        }
+    }
+}
+
 /* kind: 0 = moments (n, mean, M2), 1 = rms moments (n, 0, sum x^2),
  *       2 = backward sums (n, sum dy, sum dy*(x - m[a,c])).
  * out has A*C entries.  Returns 0, or -1 when memory runs out.
@@ -190,7 +259,6 @@ static int NF_S(nf_reduce4d)(const NF_T *x, const NF_T *dy, const double *m, int
                              int64_t D, int kind, nf_mom *out, int nt)
 {
     const int64_t S = A * C, L = C * D;
-    const int rms = (kind == 1);
     if (S == 0) return 0;
     if (B * D == 0) {
         for (int64_t s = 0; s < S; ++s) { out[s].n = 0; out[s].mean = 0; out[s].m2 = 0; }
@@ -208,59 +276,12 @@ static int NF_S(nf_reduce4d)(const NF_T *x, const NF_T *dy, const double *m, int
     const int64_t U = row_mode ? S * K : A * K;
     nf_mom *part = (nf_mom *)malloc((size_t)(S * K) * sizeof(nf_mom));   /* [s][kk] */
     if (!part) return -1;
-    int failed = 0;
-    const int nth = nf_threads(nt, A * B * L);
-
-    #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
-    for (int64_t u = 0; u < U; ++u) {
-        if (row_mode) {
-            const int64_t a = u / (K * C), kk = (u / C) % K, c = u % C, s = a * C + c;
-            const NF_T *base = x + (a * B * C + c) * D;
-            const NF_T *gbase = dy ? dy + (a * B * C + c) * D : NULL;
-            double acc[2 * NF_LANES] = {0};
-            int64_t b0, b1, off = 0, len = D;
-            if (per_seg > 1) { b0 = kk / per_seg; b1 = b0 + 1; off = (kk % per_seg) * NF_CHUNK;
-                               len = D - off < NF_CHUNK ? D - off : NF_CHUNK; }
-            else { b0 = kk * g; b1 = b0 + g < B ? b0 + g : B; }
-            double k = 0.0;
-            if (kind == 0) k = nf_shift((double)base[b0 * L + off]);
-            for (int64_t b = b0; b < b1; ++b) {
-                if (kind == 2) NF_S(nf_seg_dsums)(base + b * L + off, gbase + b * L + off, len, m[s], acc);
-                else NF_S(nf_seg_sums)(base + b * L + off, len, k, acc);
-            }
-            const double n = (double)((b1 - b0) * len);
-            nf_mom *pu = part + s * K + kk;
-            if (kind == 2) {
-                double a1 = 0.0, a2 = 0.0;
-                for (int j = 0; j < NF_LANES; ++j) { a1 += acc[j]; a2 += acc[NF_LANES + j]; }
-                pu->n = n; pu->mean = a1; pu->m2 = a2;
-            } else {
-                *pu = nf_lanes_finish(acc, acc + NF_LANES, n, k, rms);
-            }
-        } else {
-            const int64_t a = u / K, kk = u % K, b0 = kk * R, b1 = b0 + R < B ? b0 + R : B;
-            double *buf = (double *)malloc((size_t)(3 * L) * sizeof(double) + (size_t)L * sizeof(nf_mom));
-            if (!buf) { failed = 1; continue; }
-            NF_S(nf_col_unit)(x + (a * B + b0) * L, dy ? dy + (a * B + b0) * L : NULL, m ? m + a * C : NULL,
-                              b1 - b0, C, D, kind, buf, part + a * C * K + kk, K);
-            free(buf);
-        }
-    }
-    if (failed) { free(part); return -1; }
+    NF_S(nf_reduce_ctx) c = {x, dy, m, B, C, D, L, kind, row_mode, K, per_seg, g, R, part, out, 0};
+    nf_parallel(nf_threads(nt, A * B * L), U, nf_grain(A * B * L / U, NF_GRAIN_VALUES), NF_S(nf_reduce_range), &c);
+    if (atomic_load(&c.failed)) { free(part); return -1; }
 
     /* Fixed-order merge over the chunks of each statistic. */
-    const int nth2 = nf_threads(nt, S * K * 8);
-    #pragma omp parallel for schedule(static) num_threads(nth2) if (nth2 > 1)
-    for (int64_t s = 0; s < S; ++s) {
-        const nf_mom *p = part + s * K;
-        if (kind == 2) {
-            nf_mom r = {0.0, 0.0, 0.0};
-            for (int64_t kk = 0; kk < K; ++kk) { r.n += p[kk].n; r.mean += p[kk].mean; r.m2 += p[kk].m2; }
-            out[s] = r;
-        } else {
-            out[s] = nf_mom_merge_k(p, K, 1);
-        }
-    }
+    nf_parallel(nf_threads(nt, S * K * 8), S, nf_grain(K, NF_GRAIN_VALUES / 8), NF_S(nf_merge_range), &c);
     free(part);
     return 0;
 }

@@ -73,6 +73,41 @@ NF_CLONES static void NF_S(nf_col_apply)(const NF_T *restrict x, const NF_T *res
     }
 }
 
+typedef struct {
+    const NF_T *x, *dy; NF_T *y;
+    int64_t B, C, D, L, P, R, K;
+    const double *m, *p, *q, *r, *coef;
+    int stream;
+} NF_S(nf_apply_ctx);
+
+/* Row mode units: one NF_CHUNK piece of a contiguous segment x[a][b][c][:]. */
+static void NF_S(nf_apply_rows_range)(void *vc, int64_t u0, int64_t u1)
+{
+    const NF_S(nf_apply_ctx) *c = (const NF_S(nf_apply_ctx) *)vc;
+    const int64_t B = c->B, C = c->C, D = c->D, P = c->P;
+    for (int64_t u = u0; u < u1; ++u) {
+        const int64_t g = u / P, ch = g % C, a = g / (B * C), s = a * C + ch;
+        const int64_t o = g * D + (u % P) * NF_CHUNK, n = g * D + D - o < NF_CHUNK ? g * D + D - o : NF_CHUNK;
+        if (c->dy) NF_S(nf_seg_apply_dy)(c->x + o, c->dy + o, c->y + o, n, c->m[s], c->p[s], c->q[s], c->r[s]);
+        else NF_S(nf_seg_apply)(c->x + o, c->y + o, n, c->m[s], c->p[s], c->q[s], c->stream);
+    }
+    if (c->stream) nf_stream_fence();   /* each thread orders its own streaming stores */
+}
+
+/* Column mode units: R rows of one sample a, coefficients expanded to its L lanes. */
+static void NF_S(nf_apply_cols_range)(void *vc, int64_t u0, int64_t u1)
+{
+    const NF_S(nf_apply_ctx) *c = (const NF_S(nf_apply_ctx) *)vc;
+    const int64_t L = c->L, B = c->B, R = c->R, K = c->K;
+    for (int64_t u = u0; u < u1; ++u) {
+        const int64_t a = u / K, b0 = (u % K) * R, b1 = b0 + R < B ? b0 + R : B, o = (a * B + b0) * L;
+        const double *cf = c->coef + 4 * a * L;
+        NF_S(nf_col_apply)(c->x + o, c->dy ? c->dy + o : NULL, c->y + o, b1 - b0, L, cf, cf + L, cf + 2 * L,
+                           cf + 3 * L, c->stream);
+    }
+    if (c->stream) nf_stream_fence();
+}
+
 /* y may alias x (in place).  dy/r may be NULL.  Coefficients: A*C float64 each. */
 static int NF_S(nf_apply4d)(const NF_T *x, const NF_T *dy, NF_T *y, int64_t A, int64_t B, int64_t C, int64_t D,
                             const double *m, const double *p, const double *q, const double *r, int nt)
@@ -80,44 +115,27 @@ static int NF_S(nf_apply4d)(const NF_T *x, const NF_T *dy, NF_T *y, int64_t A, i
     const int64_t L = C * D, total = A * B * L;
     if (total == 0) return 0;
     const int nth = nf_threads(nt, total);
-    const int stream = NF_HAVE_STREAM && y != x && total * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
+    NF_S(nf_apply_ctx) c = {x, dy, y, B, C, D, L, 0, 0, 0, m, p, q, r, NULL,
+                            NF_HAVE_STREAM && y != x && total * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN};
     if (D >= NF_ROW_MIN) {
-        /* one unit per NF_CHUNK piece of a contiguous segment x[a][b][c][:] */
-        const int64_t P = nf_cdiv(D, NF_CHUNK), U = A * B * C * P;
-        #pragma omp parallel num_threads(nth) if (nth > 1)
-        {
-            #pragma omp for schedule(static)
-            for (int64_t u = 0; u < U; ++u) {
-                const int64_t g = u / P, c = g % C, a = g / (B * C), s = a * C + c;
-                const int64_t o = g * D + (u % P) * NF_CHUNK, n = g * D + D - o < NF_CHUNK ? g * D + D - o : NF_CHUNK;
-                if (dy) NF_S(nf_seg_apply_dy)(x + o, dy + o, y + o, n, m[s], p[s], q[s], r[s]);
-                else NF_S(nf_seg_apply)(x + o, y + o, n, m[s], p[s], q[s], stream);
-            }
-            if (stream) nf_stream_fence();   /* each thread orders its own streaming stores */
-        }
+        c.P = nf_cdiv(D, NF_CHUNK);
+        const int64_t U = A * B * C * c.P;
+        nf_parallel(nth, U, nf_grain(total / U, NF_GRAIN_VALUES), NF_S(nf_apply_rows_range), &c);
         return 0;
     }
-    /* Column mode: expand coefficients to L lanes per a, then blocks of rows. */
+    /* Column mode: coefficients expanded to L lanes per sample a ([a][4][L]), then blocks of rows. */
     double *coef = (double *)malloc((size_t)(4 * A * L) * sizeof(double));
     if (!coef) return -1;
     for (int64_t a = 0; a < A; ++a)
         for (int64_t l = 0; l < L; ++l) {
-            const int64_t s = a * C + l / D, o = a * L + l;
-            coef[o] = m[s]; coef[A * L + o] = p[s]; coef[2 * A * L + o] = q[s];
-            coef[3 * A * L + o] = r ? r[s] : 0.0;
+            const int64_t s = a * C + l / D;
+            double *cf = coef + 4 * a * L;
+            cf[l] = m[s]; cf[L + l] = p[s]; cf[2 * L + l] = q[s]; cf[3 * L + l] = r ? r[s] : 0.0;
         }
-    int64_t R = NF_CHUNK / L; if (R < 1) R = 1;
-    const int64_t K = nf_cdiv(B, R), U = A * K;
-    #pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        #pragma omp for schedule(static)
-        for (int64_t u = 0; u < U; ++u) {
-            const int64_t a = u / K, b0 = (u % K) * R, b1 = b0 + R < B ? b0 + R : B, o = (a * B + b0) * L;
-            NF_S(nf_col_apply)(x + o, dy ? dy + o : NULL, y + o, b1 - b0, L, coef + a * L, coef + A * L + a * L,
-                               coef + 2 * A * L + a * L, coef + 3 * A * L + a * L, stream);
-        }
-        if (stream) nf_stream_fence();
-    }
+    c.coef = coef;
+    c.R = NF_CHUNK / L; if (c.R < 1) c.R = 1;
+    c.K = nf_cdiv(B, c.R);
+    nf_parallel(nth, A * c.K, nf_grain(c.R * L, NF_GRAIN_VALUES), NF_S(nf_apply_cols_range), &c);
     free(coef);
     return 0;
 }
@@ -127,35 +145,43 @@ static int NF_S(nf_apply4d)(const NF_T *x, const NF_T *dy, NF_T *y, int64_t A, i
  * (i % period) and value j uses entry j / seg of it (seg = 1: LayerNorm; seg = HxW:
  * GroupNorm / InstanceNorm on channels-first input).  w == NULL: no affine.
  * mean/rstd: M float64 each (mean = 0 for rms). */
+typedef struct {
+    const NF_T *x; NF_T *y; int64_t N, seg, nseg, period;
+    const double *w, *b; double eps; int rms, stream; double *mean, *rstd;
+} NF_S(nf_rows_ctx);
+
+static void NF_S(nf_rows_range)(void *vc, int64_t i0, int64_t i1)
+{
+    const NF_S(nf_rows_ctx) *c = (const NF_S(nf_rows_ctx) *)vc;
+    const int64_t N = c->N, seg = c->seg, nseg = c->nseg, period = c->period;
+    for (int64_t i = i0; i < i1; ++i) {
+        const NF_T *xr = c->x + i * N;
+        NF_T *yr = c->y + i * N;
+        nf_mom mo = NF_S(nf_row_moments)(xr, N, c->rms);
+        double var = N > 0 ? mo.m2 / (double)N : NAN;
+        double rs = 1.0 / sqrt(var + c->eps);
+        c->mean[i] = mo.mean; c->rstd[i] = rs;
+        if (!c->w) NF_S(nf_seg_apply)(xr, yr, N, mo.mean, rs, 0.0, c->stream);
+        else if (seg == 1)
+            NF_S(nf_seg_apply_wb)(xr, yr, N, mo.mean, rs, c->w + (i % period) * N, c->b + (i % period) * N,
+                                  c->stream);
+        else {
+            const double *wi = c->w + (i % period) * nseg, *bi = c->b + (i % period) * nseg;
+            for (int64_t j = 0; j < nseg; ++j)
+                NF_S(nf_seg_apply)(xr + j * seg, yr + j * seg, seg, mo.mean, rs * wi[j], bi[j], c->stream);
+        }
+    }
+    if (c->stream) nf_stream_fence();
+}
+
 static int NF_S(nf_rows_forward)(const NF_T *x, NF_T *y, int64_t M, int64_t N, const double *w, const double *b,
                                  int64_t seg, int64_t period, double eps, int rms, double *mean, double *rstd,
                                  int nt)
 {
     if (M == 0) return 0;
-    const int nth = nf_threads(nt, M * N);
-    const int64_t nseg = seg > 0 ? N / seg : 0;
-    const int stream = NF_HAVE_STREAM && y != x && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
-    #pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-    #pragma omp for schedule(static)
-    for (int64_t i = 0; i < M; ++i) {
-        const NF_T *xr = x + i * N;
-        NF_T *yr = y + i * N;
-        nf_mom mo = NF_S(nf_row_moments)(xr, N, rms);
-        double var = N > 0 ? mo.m2 / (double)N : NAN;
-        double rs = 1.0 / sqrt(var + eps);
-        mean[i] = mo.mean; rstd[i] = rs;
-        if (!w) NF_S(nf_seg_apply)(xr, yr, N, mo.mean, rs, 0.0, stream);
-        else if (seg == 1)
-            NF_S(nf_seg_apply_wb)(xr, yr, N, mo.mean, rs, w + (i % period) * N, b + (i % period) * N, stream);
-        else {
-            const double *wi = w + (i % period) * nseg, *bi = b + (i % period) * nseg;
-            for (int64_t j = 0; j < nseg; ++j)
-                NF_S(nf_seg_apply)(xr + j * seg, yr + j * seg, seg, mo.mean, rs * wi[j], bi[j], stream);
-        }
-    }
-    if (stream) nf_stream_fence();
-    }
+    NF_S(nf_rows_ctx) c = {x, y, N, seg, seg > 0 ? N / seg : 0, period, w, b, eps, rms,
+                           NF_HAVE_STREAM && y != x && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN, mean, rstd};
+    nf_parallel(nf_threads(nt, M * N), M, nf_grain(N, NF_GRAIN_VALUES), NF_S(nf_rows_range), &c);
     return 0;
 }
 
@@ -167,42 +193,46 @@ NF_CLONES static void NF_S(nf_seg_add)(const NF_T *x, const NF_T *r, NF_T *h, in
 
 /* Fused residual add + row normalization (transformer blocks):
  *   h = x + residual (stored), y = norm(h) with per-element affine (w/b float64 (N,) or NULL).
- * The row of h is built in a per-thread buffer (in L1/L2), its statistics and y are computed
+ * The row of h is built in a buffer of the claim (in L1/L2), its statistics and y are computed
  * from there and h is stored once: one read of x and residual, one write of y and h, all
  * four streaming for large inputs (the traffic of a copy of the same bytes).
  * h may alias residual or x, y may alias x or residual (row by row). */
+typedef struct {
+    const NF_T *x, *res; NF_T *h, *y; int64_t N;
+    const double *w, *b; double eps; int rms, stream; double *mean, *rstd;
+    _Atomic int failed;
+} NF_S(nf_add_ctx);
+
+static void NF_S(nf_add_range)(void *vc, int64_t i0, int64_t i1)
+{
+    NF_S(nf_add_ctx) *c = (NF_S(nf_add_ctx) *)vc;
+    const int64_t N = c->N;
+    NF_T *tmp = (NF_T *)malloc((size_t)(N > 0 ? N : 1) * sizeof(NF_T) + 64);   /* this claim's row buffer */
+    if (!tmp) { atomic_store(&c->failed, 1); return; }
+    NF_T *t = (NF_T *)(((uintptr_t)tmp + 63) & ~(uintptr_t)63);
+    for (int64_t i = i0; i < i1; ++i) {
+        NF_S(nf_seg_add)(c->x + i * N, c->res + i * N, t, N);
+        nf_mom mo = NF_S(nf_row_moments)(t, N, c->rms);
+        double var = N > 0 ? mo.m2 / (double)N : NAN;
+        double rs = 1.0 / sqrt(var + c->eps);
+        c->mean[i] = mo.mean; c->rstd[i] = rs;
+        if (c->w) NF_S(nf_seg_apply_wb)(t, c->y + i * N, N, mo.mean, rs, c->w, c->b, c->stream);
+        else NF_S(nf_seg_apply)(t, c->y + i * N, N, mo.mean, rs, 0.0, c->stream);
+        nf_copy_bytes(c->h + i * N, t, N * (int64_t)sizeof(NF_T), c->stream);
+    }
+    if (c->stream) nf_stream_fence();
+    free(tmp);
+}
+
 static int NF_S(nf_rows_add_forward)(const NF_T *x, const NF_T *res, NF_T *h, NF_T *y, int64_t M, int64_t N,
                                      const double *w, const double *b, double eps, int rms, double *mean,
                                      double *rstd, int nt)
 {
     if (M == 0) return 0;
-    const int nth = nf_threads(nt, M * N);
-    const int stream = NF_HAVE_STREAM && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
-    int failed = 0;
-    #pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        NF_T *tmp = (NF_T *)malloc((size_t)(N > 0 ? N : 1) * sizeof(NF_T) + 64);
-        NF_T *t = tmp ? (NF_T *)(((uintptr_t)tmp + 63) & ~(uintptr_t)63) : NULL;
-        if (!tmp) {
-            #pragma omp atomic write
-            failed = 1;
-        }
-        #pragma omp for schedule(static)
-        for (int64_t i = 0; i < M; ++i) {
-            if (!t) continue;
-            NF_S(nf_seg_add)(x + i * N, res + i * N, t, N);
-            nf_mom mo = NF_S(nf_row_moments)(t, N, rms);
-            double var = N > 0 ? mo.m2 / (double)N : NAN;
-            double rs = 1.0 / sqrt(var + eps);
-            mean[i] = mo.mean; rstd[i] = rs;
-            if (w) NF_S(nf_seg_apply_wb)(t, y + i * N, N, mo.mean, rs, w, b, stream);
-            else NF_S(nf_seg_apply)(t, y + i * N, N, mo.mean, rs, 0.0, stream);
-            nf_copy_bytes(h + i * N, t, N * (int64_t)sizeof(NF_T), stream);
-        }
-        if (stream) nf_stream_fence();
-        free(tmp);
-    }
-    return failed ? -1 : 0;
+    NF_S(nf_add_ctx) c = {x, res, h, y, N, w, b, eps, rms,
+                          NF_HAVE_STREAM && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN, mean, rstd, 0};
+    nf_parallel(nf_threads(nt, M * N), M, nf_grain(N, NF_GRAIN_VALUES), NF_S(nf_add_range), &c);
+    return atomic_load(&c.failed) ? -1 : 0;
 }
 
 /* Per-sample fused channels-last GroupNorm / InstanceNorm: x[A][B][L] with L = G*D lanes,
@@ -211,46 +241,52 @@ static int NF_S(nf_rows_add_forward)(const NF_T *x, const NF_T *res, NF_T *h, NF
  * use the column-mode chunks and merges of nf_reduce4d (nf_col_unit, k-way merge over chunks);
  * one thread owns a sample, so results do not depend on the thread count.
  * w/b: float64 per lane (L) or NULL.  mean/rstd: A*G float64.  Needs A*B*L > 0. */
+typedef struct {
+    const NF_T *x; NF_T *y; int64_t B, G, D, L, R, K;
+    const double *w, *b; double eps; int stream; double *mean, *rstd;
+    _Atomic int failed;
+} NF_S(nf_samples_ctx);
+
+static void NF_S(nf_samples_range)(void *vc, int64_t a0, int64_t a1)
+{
+    NF_S(nf_samples_ctx) *c = (NF_S(nf_samples_ctx) *)vc;
+    const int64_t B = c->B, G = c->G, D = c->D, L = c->L, R = c->R, K = c->K;
+    double *buf = (double *)malloc((size_t)(6 * L) * sizeof(double) + (size_t)(L + G * K) * sizeof(nf_mom));
+    if (!buf) { atomic_store(&c->failed, 1); return; }
+    double *mv = buf + 3 * L, *pv = buf + 4 * L, *qv = buf + 5 * L;
+    nf_mom *part = (nf_mom *)(buf + 6 * L) + L;
+    for (int64_t a = a0; a < a1; ++a) {
+        const NF_T *X = c->x + a * B * L;
+        for (int64_t kk = 0; kk < K; ++kk) {
+            const int64_t b0 = kk * R, b1 = b0 + R < B ? b0 + R : B;
+            NF_S(nf_col_unit)(X + b0 * L, NULL, NULL, b1 - b0, G, D, 0, buf, part + kk, K);
+        }
+        for (int64_t g = 0; g < G; ++g) {
+            const nf_mom r = nf_mom_merge_k(part + g * K, K, 1);
+            const double rs = 1.0 / sqrt(r.m2 / r.n + c->eps);
+            c->mean[a * G + g] = r.mean;
+            c->rstd[a * G + g] = rs;
+            for (int64_t l = g * D; l < g * D + D; ++l) {
+                mv[l] = r.mean;
+                pv[l] = c->w ? rs * c->w[l] : rs;
+                qv[l] = c->b ? c->b[l] : 0.0;
+            }
+        }
+        NF_S(nf_col_apply)(X, NULL, c->y + a * B * L, B, L, mv, pv, qv, NULL, c->stream);
+    }
+    if (c->stream) nf_stream_fence();
+    free(buf);
+}
+
+/* (one sample per unit: a sample's statistics are computed by one thread, in chunk order) */
 static int NF_S(nf_samples_forward)(const NF_T *x, NF_T *y, int64_t A, int64_t B, int64_t G, int64_t D,
                                     const double *w, const double *b, double eps, double *mean, double *rstd,
                                     int nt)
 {
-    const int64_t L = G * D, R = nf_col_rows(L), K = nf_cdiv(B, R);
-    const int nth = nf_threads(nt, A * B * L);
-    const int stream = NF_HAVE_STREAM && y != x && A * B * L * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN;
-    int failed = 0;
-    #pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        double *buf = (double *)malloc((size_t)(6 * L) * sizeof(double) + (size_t)(L + G * K) * sizeof(nf_mom));
-        if (!buf) {
-            #pragma omp atomic write
-            failed = 1;
-        }
-        #pragma omp for schedule(static)
-        for (int64_t a = 0; a < A; ++a) {
-            if (!buf) continue;
-            double *mv = buf + 3 * L, *pv = buf + 4 * L, *qv = buf + 5 * L;
-            nf_mom *part = (nf_mom *)(buf + 6 * L) + L;
-            const NF_T *X = x + a * B * L;
-            for (int64_t kk = 0; kk < K; ++kk) {
-                const int64_t b0 = kk * R, b1 = b0 + R < B ? b0 + R : B;
-                NF_S(nf_col_unit)(X + b0 * L, NULL, NULL, b1 - b0, G, D, 0, buf, part + kk, K);
-            }
-            for (int64_t g = 0; g < G; ++g) {
-                const nf_mom r = nf_mom_merge_k(part + g * K, K, 1);
-                const double rs = 1.0 / sqrt(r.m2 / r.n + eps);
-                mean[a * G + g] = r.mean;
-                rstd[a * G + g] = rs;
-                for (int64_t l = g * D; l < g * D + D; ++l) {
-                    mv[l] = r.mean;
-                    pv[l] = w ? rs * w[l] : rs;
-                    qv[l] = b ? b[l] : 0.0;
-                }
-            }
-            NF_S(nf_col_apply)(X, NULL, y + a * B * L, B, L, mv, pv, qv, NULL, stream);
-        }
-        if (stream) nf_stream_fence();
-        free(buf);
-    }
-    return failed ? -1 : 0;
+    const int64_t L = G * D, R = nf_col_rows(L);
+    NF_S(nf_samples_ctx) c = {x, y, B, G, D, L, R, nf_cdiv(B, R), w, b, eps,
+                              NF_HAVE_STREAM && y != x && A * B * L * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN,
+                              mean, rstd, 0};
+    nf_parallel(nf_threads(nt, A * B * L), A, 1, NF_S(nf_samples_range), &c);
+    return atomic_load(&c.failed) ? -1 : 0;
 }
