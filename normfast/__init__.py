@@ -14,7 +14,7 @@ from ._moments import Moments, moments
 from ._normalize import normalize
 from ._rms_norm import rms_norm, rms_norm_backward
 
-from ._dispatch import backends, dispatch as _dispatch, get_backend
+from ._dispatch import backends, dispatch as _dispatch, get_backend, with_fast_path as _with_fast_path
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,8 @@ __version__ = "0.1.0"
         moments, normalize, layer_norm, rms_norm, batch_norm, group_norm, instance_norm, layer_norm_backward,
         rms_norm_backward, batch_norm_backward, group_norm_backward, instance_norm_backward, add_layer_norm,
         add_rms_norm, add_layer_norm_backward, add_rms_norm_backward))
+layer_norm = _with_fast_path(layer_norm, rms=False)
+rms_norm = _with_fast_path(rms_norm, rms=True)
 
 __all__ = [
     "Moments", "add_layer_norm", "add_layer_norm_backward", "add_rms_norm", "add_rms_norm_backward", "backends",

@@ -230,3 +230,27 @@ def dispatch(position=0):
         wrapper.__module__ = "normfast"      # public name: pickles by reference as normfast.<name>
         return wrapper
     return deco
+
+
+def with_fast_path(general, rms):
+    """layer_norm / rms_norm: the C-level fast path of the common call (contiguous float32/64
+    NumPy or torch CPU input, see normfast._cpu._normalize.rows_fast) first, the dispatched
+    general path (every check, every array type) when it declines."""
+    from ._cpu._normalize import rows_fast
+
+    if rms:
+        @functools.wraps(general)
+        def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
+            r = rows_fast(x, normalized_shape, weight, None, eps, out, return_stats, True)
+            if r is NotImplemented:
+                return general(x, normalized_shape, weight, eps, out=out, return_stats=return_stats)
+            return r
+        return rms_norm
+
+    @functools.wraps(general)
+    def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+        r = rows_fast(x, normalized_shape, weight, bias, eps, out, return_stats, False)
+        if r is NotImplemented:
+            return general(x, normalized_shape, weight, bias, eps, out=out, return_stats=return_stats)
+        return r
+    return layer_norm

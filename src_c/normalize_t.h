@@ -45,6 +45,26 @@ NF_CLONES static void NF_S(nf_seg_apply_wb)(const NF_T *restrict x, NF_T *restri
     for (; i < n; ++i) y[i] = (NF_T)((((double)x[i] - m) * rstd) * w[i] + b[i]);
 }
 
+/* Scalar math: y[i] = ((x[i] - m) * rstd) * w[i] + b[i]   (w, b in the input type, either may be
+ * NULL: w = 1, b = 0): the same operations as nf_seg_apply_wb on the float64 copies, so the fast
+ * path of small calls (no parameter conversion) gives bitwise the same result. */
+NF_CLONES static void NF_S(nf_seg_apply_wbT)(const NF_T *restrict x, NF_T *restrict y, int64_t n, double m,
+                                             double rstd, const NF_T *restrict w, const NF_T *restrict b,
+                                             int stream)
+{
+    int64_t i = 0;
+    if (stream)
+        for (; i < n && ((uintptr_t)(y + i) & 15); ++i)
+            y[i] = (NF_T)((((double)x[i] - m) * rstd) * (w ? (double)w[i] : 1.0) + (b ? (double)b[i] : 0.0));
+    const nf_v8d mv = nf_splat(m), rv = nf_splat(rstd), one = nf_splat(1.0), zero = nf_splat(0.0);
+    for (; i + 8 <= n; i += 8) {
+        const nf_v8d v = ((NF_LOAD8(x + i) - mv) * rv) * (w ? NF_LOAD8(w + i) : one) + (b ? NF_LOAD8(b + i) : zero);
+        if (stream) NF_STREAM8(y + i, v); else NF_STORE8(y + i, v);
+    }
+    for (; i < n; ++i)
+        y[i] = (NF_T)((((double)x[i] - m) * rstd) * (w ? (double)w[i] : 1.0) + (b ? (double)b[i] : 0.0));
+}
+
 /* Column mode: Scalar math: y[r][l] = (x[r][l] - m[l]) * p[l] + q[l] (+ dy[r][l] * s[l])
  * (stream: non-temporal stores when lanes come in whole vectors and y is 16-byte aligned) */
 NF_CLONES static void NF_S(nf_col_apply)(const NF_T *restrict x, const NF_T *restrict dy, NF_T *restrict y,
@@ -148,6 +168,7 @@ static int NF_S(nf_apply4d)(const NF_T *x, const NF_T *dy, NF_T *y, int64_t A, i
 typedef struct {
     const NF_T *x; NF_T *y; int64_t N, seg, nseg, period;
     const double *w, *b; double eps; int rms, stream; double *mean, *rstd;
+    const NF_T *wT, *bT; int affineT;     /* affine in the input type (fast path) */
 } NF_S(nf_rows_ctx);
 
 static void NF_S(nf_rows_range)(void *vc, int64_t i0, int64_t i1)
@@ -161,7 +182,8 @@ static void NF_S(nf_rows_range)(void *vc, int64_t i0, int64_t i1)
         double var = N > 0 ? mo.m2 / (double)N : NAN;
         double rs = 1.0 / sqrt(var + c->eps);
         c->mean[i] = mo.mean; c->rstd[i] = rs;
-        if (!c->w) NF_S(nf_seg_apply)(xr, yr, N, mo.mean, rs, 0.0, c->stream);
+        if (c->affineT) NF_S(nf_seg_apply_wbT)(xr, yr, N, mo.mean, rs, c->wT, c->bT, c->stream);
+        else if (!c->w) NF_S(nf_seg_apply)(xr, yr, N, mo.mean, rs, 0.0, c->stream);
         else if (seg == 1)
             NF_S(nf_seg_apply_wb)(xr, yr, N, mo.mean, rs, c->w + (i % period) * N, c->b + (i % period) * N,
                                   c->stream);
@@ -180,7 +202,21 @@ static int NF_S(nf_rows_forward)(const NF_T *x, NF_T *y, int64_t M, int64_t N, c
 {
     if (M == 0) return 0;
     NF_S(nf_rows_ctx) c = {x, y, N, seg, seg > 0 ? N / seg : 0, period, w, b, eps, rms,
-                           NF_HAVE_STREAM && y != x && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN, mean, rstd};
+                           NF_HAVE_STREAM && y != x && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN, mean, rstd,
+                           NULL, NULL, 0};
+    nf_parallel(nf_threads(nt, M * N), M, nf_grain(N, NF_GRAIN_VALUES), NF_S(nf_rows_range), &c);
+    return 0;
+}
+
+/* LayerNorm / RMSNorm rows with weight / bias (N values each, either may be NULL) in the input
+ * type: the fast path of small calls, bitwise equal to nf_rows_forward on float64 copies. */
+static int NF_S(nf_rows_forward_T)(const NF_T *x, NF_T *y, int64_t M, int64_t N, const NF_T *w, const NF_T *b,
+                                   double eps, int rms, double *mean, double *rstd, int nt)
+{
+    if (M == 0) return 0;
+    NF_S(nf_rows_ctx) c = {x, y, N, 1, N, 1, NULL, NULL, eps, rms,
+                           NF_HAVE_STREAM && y != x && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN, mean, rstd,
+                           w, b, w || b};
     nf_parallel(nf_threads(nt, M * N), M, nf_grain(N, NF_GRAIN_VALUES), NF_S(nf_rows_range), &c);
     return 0;
 }

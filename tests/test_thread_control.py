@@ -7,6 +7,7 @@ import pytest
 
 import normfast as nf
 from normfast._cpu import _openmp
+from normfast._threads import cpu_limit
 
 
 @pytest.fixture(autouse=True)
@@ -19,14 +20,14 @@ def test_set_get_num_threads():
     nf.set_num_threads(1)
     assert nf.get_num_threads() == 1
     nf.set_num_threads(None)
-    assert nf.get_num_threads() == _openmp.max_threads()
+    assert nf.get_num_threads() == min(_openmp.max_threads(), cpu_limit())
     with pytest.raises(ValueError, match="n must be >= 1"):
         nf.set_num_threads(0)
     with pytest.raises(TypeError, match="positive int"):
         nf.set_num_threads(1.5)
     with pytest.raises(ValueError, match="n must be <="):
         nf.set_num_threads(2 ** 31)                      # would overflow the kernels' C int
-    assert nf.get_num_threads() == _openmp.max_threads()   # a refused value changes nothing
+    assert nf.get_num_threads() == min(_openmp.max_threads(), cpu_limit())   # a refused value changes nothing
 
 
 def test_threadpoolctl_limits_normfast():
@@ -79,3 +80,10 @@ def test_concurrent_python_threads_give_correct_results():
     for t in threads:
         t.join(120)
     assert not errors
+
+
+def test_default_threads_respect_affinity_and_quota():
+    """The default never exceeds the CPUs this process may use (affinity mask, cgroup quota)."""
+    import os
+    assert 1 <= nf.get_num_threads() <= len(os.sched_getaffinity(0))
+    assert cpu_limit() <= len(os.sched_getaffinity(0))

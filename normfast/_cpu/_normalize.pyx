@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Forward normalization kernels: see src_c/normalize_t.h."""
 cimport numpy as cnp
+import numpy as np
 from libc.stdint cimport int64_t
 cnp.import_array()
 
@@ -134,3 +135,207 @@ def samples_forward(cnp.ndarray x, cnp.ndarray y, int64_t A, int64_t B, int64_t 
         raise TypeError("samples_forward: float32 or float64 expected")
     if rc != 0:
         raise MemoryError("normfast: out of memory in samples_forward")
+
+
+# --------------------------------------------------------------------------- fast path
+# The common call of a server (contiguous float32/float64 x, weight/bias absent or contiguous in
+# x's dtype, NumPy or torch CPU) checked here in C-level code with no conversion: a few hundred
+# nanoseconds of overhead instead of the general path's tens of microseconds.  Anything else
+# returns NotImplemented and takes the general path, which keeps every check.
+
+from cpython.object cimport PyObject
+from libc.stdlib cimport malloc, free
+from libc.math cimport isfinite
+
+cdef extern from "normalize.h" nogil:
+    int nf_rows_forward_T_f32(const float *x, float *y, int64_t M, int64_t N, const float *w, const float *b,
+                              double eps, int rms, double *mean, double *rstd, int nt)
+    int nf_rows_forward_T_f64(const double *x, double *y, int64_t M, int64_t N, const double *w, const double *b,
+                              double eps, int rms, double *mean, double *rstd, int nt)
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int nf_fast_omp_max(void) { return omp_get_max_threads(); }
+    #else
+    static int nf_fast_omp_max(void) { return 1; }
+    #endif
+    """
+    int nf_fast_omp_max() nogil
+
+# Thread state mirrored from normfast._threads (set_state): override (0: none), forked, CPU limit.
+cdef int _override = 0, _forked = 0, _cpu_limit = 1 << 20
+
+
+def set_thread_state(int override, bint forked, int cpu_limit):
+    global _override, _forked, _cpu_limit
+    _override, _forked, _cpu_limit = override, forked, cpu_limit
+
+
+cdef inline int _nthreads() noexcept nogil:
+    cdef int n
+    if _forked:
+        return 1
+    if _override > 0:
+        return _override
+    n = nf_fast_omp_max()
+    return n if n < _cpu_limit else _cpu_limit
+
+
+def num_threads():
+    """The thread count the next kernel call uses (normfast.get_num_threads)."""
+    return _nthreads()
+
+
+cdef int _FAST_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+cdef object _torch_tensor = None          # torch.Tensor once torch is imported
+cdef object _torch_f32 = None, _torch_f64 = None, _torch_from_numpy = None
+cdef object _np_empty = np.empty
+
+
+cdef inline bint _plain(object a, int typenum):
+    """An exact ndarray, C-contiguous, aligned, native byte order, of the given type."""
+    if type(a) is not np.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and (cnp.PyArray_FLAGS(arr) & _FAST_FLAGS) == _FAST_FLAGS
+            and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef inline bint _apart(cnp.ndarray a, cnp.ndarray b):
+    """Two contiguous arrays with no byte in common."""
+    cdef char *pa = <char *>cnp.PyArray_DATA(a)
+    cdef char *pb = <char *>cnp.PyArray_DATA(b)
+    return pa + cnp.PyArray_NBYTES(a) <= pb or pb + cnp.PyArray_NBYTES(b) <= pa
+
+
+cdef object _torch_as_numpy(object t):
+    """A NumPy view of a plain torch CPU tensor (contiguous float32/float64, no autograd
+    history needed, no neg/conj bit), or None."""
+    global _torch_tensor, _torch_f32, _torch_f64, _torch_from_numpy
+    if _torch_tensor is None:
+        import torch
+        _torch_tensor, _torch_f32, _torch_f64 = torch.Tensor, torch.float32, torch.float64
+        _torch_from_numpy = torch.from_numpy
+    if not isinstance(t, _torch_tensor):
+        return None
+    dt = t.dtype
+    if (dt is not _torch_f32 and dt is not _torch_f64) or not t.is_cpu or t.requires_grad or t.is_neg() \
+            or not t.is_contiguous():
+        return None
+    return t.numpy()
+
+
+def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bint rms):
+    """layer_norm / rms_norm for the common call, or NotImplemented.  Same results, bitwise,
+    as the general path (same kernels and operations)."""
+    cdef cnp.ndarray xa, wa = None, ba = None, ya
+    cdef int typenum, nd, rc = 0, nt
+    cdef int64_t N, M
+    cdef double e, sbuf[512]
+    cdef double *mean = NULL
+    cdef double *rstd = NULL
+    cdef const void *pw = NULL
+    cdef const void *pb = NULL
+    torch_in = False
+    if type(x) is not np.ndarray:
+        if type(x).__name__ != "Tensor" or out is not None:
+            return NotImplemented
+        xv = _torch_as_numpy(x)
+        if xv is None:
+            return NotImplemented
+        if weight is not None:
+            weight = _torch_as_numpy(weight)
+            if weight is None:
+                return NotImplemented
+        if bias is not None:
+            bias = _torch_as_numpy(bias)
+            if bias is None:
+                return NotImplemented
+        x, torch_in = xv, True
+    xa = <cnp.ndarray>x
+    typenum = cnp.PyArray_TYPE(xa)
+    if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not _plain(x, typenum):
+        return NotImplemented
+    nd = cnp.PyArray_NDIM(xa)
+    if nd < 1:
+        return NotImplemented
+    N = cnp.PyArray_DIMS(xa)[nd - 1]
+    if type(normalized_shape) is int:
+        if normalized_shape != N:
+            return NotImplemented
+    elif type(normalized_shape) is tuple and len(normalized_shape) == 1 and type(normalized_shape[0]) is int:
+        if normalized_shape[0] != N:
+            return NotImplemented
+    else:
+        return NotImplemented
+    if N == 0:
+        return NotImplemented
+    M = cnp.PyArray_SIZE(xa) // N
+    if eps is None:
+        if not rms:
+            return NotImplemented
+        e = 1.1920928955078125e-07 if typenum == cnp.NPY_FLOAT32 else 2.220446049250313e-16
+    elif type(eps) is float:
+        e = eps
+        if not (isfinite(e) and e >= 0):
+            return NotImplemented
+    else:
+        return NotImplemented
+    if weight is not None:
+        if not _plain(weight, typenum) or cnp.PyArray_NDIM(<cnp.ndarray>weight) != 1 \
+                or cnp.PyArray_DIMS(<cnp.ndarray>weight)[0] != N:
+            return NotImplemented
+        wa = <cnp.ndarray>weight
+        pw = cnp.PyArray_DATA(wa)
+    if bias is not None:
+        if not _plain(bias, typenum) or cnp.PyArray_NDIM(<cnp.ndarray>bias) != 1 \
+                or cnp.PyArray_DIMS(<cnp.ndarray>bias)[0] != N:
+            return NotImplemented
+        ba = <cnp.ndarray>bias
+        pb = cnp.PyArray_DATA(ba)
+    if out is None:
+        ya = <cnp.ndarray>cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), typenum, 0)
+    else:
+        if not _plain(out, typenum) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out) \
+                or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>out, xa):
+            return NotImplemented
+        ya = <cnp.ndarray>out
+        if (ya is not xa and not _apart(ya, xa)) or (wa is not None and not _apart(ya, wa)) \
+                or (ba is not None and not _apart(ya, ba)):
+            return NotImplemented          # the general path copies or raises
+    if return_stats:
+        lead = x.shape[:nd - 1]
+        mean_a = _np_empty(lead, np.float64)
+        rstd_a = _np_empty(lead, np.float64)
+        mean = <double *>cnp.PyArray_DATA(<cnp.ndarray>mean_a)
+        rstd = <double *>cnp.PyArray_DATA(<cnp.ndarray>rstd_a)
+    elif M <= 256:
+        mean, rstd = sbuf, sbuf + 256
+    else:
+        mean = <double *>malloc(<size_t>(2 * M) * sizeof(double))
+        if mean == NULL:
+            raise MemoryError("normfast: out of memory")
+        rstd = mean + M
+    nt = _nthreads()
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            rc = nf_rows_forward_T_f32(<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(ya), M, N,
+                                       <const float *>pw, <const float *>pb, e, rms, mean, rstd, nt)
+        else:
+            rc = nf_rows_forward_T_f64(<const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(ya), M, N,
+                                       <const double *>pw, <const double *>pb, e, rms, mean, rstd, nt)
+    if not return_stats and M > 256:
+        free(mean)
+    y = ya
+    if torch_in:
+        y = _torch_from_numpy(ya)
+    if not return_stats:
+        return y
+    if rms:
+        return (y, _torch_from_numpy(rstd_a) if torch_in else rstd_a)
+    if torch_in:
+        return (y, _torch_from_numpy(mean_a), _torch_from_numpy(rstd_a))
+    return (y, mean_a, rstd_a)
+
