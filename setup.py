@@ -45,7 +45,7 @@ def ext(name):
 
 setup(
     ext_modules=cythonize(
-        [ext(n) for n in ("_openmp", "_pool", "_moments", "_normalize", "_backward")],
+        [ext(n) for n in ("_openmp", "_pool", "_alloc", "_moments", "_normalize", "_backward")],
         compiler_directives=directives,
     ),
 )

@@ -8,20 +8,23 @@ import math
 
 import numpy as np
 
-from ._cpu import _backward, _moments, _normalize
+from ._cpu import _alloc, _backward, _moments, _normalize
 from ._threads import get_num_threads
 
 ALIGN = 64
 
 
 def empty_aligned(shape, dtype):
-    """np.empty with the data 64-byte aligned (a cache line): NumPy only guarantees 16 bytes,
-    and the streaming stores of large outputs want whole lines.  Large NumPy allocations keep
-    NumPy's allocator (huge pages) since this is a view of one."""
+    """An uninitialised output: 64-byte aligned (a cache line: NumPy only guarantees 16 bytes,
+    and the streaming stores of large outputs want whole lines); from 1 MiB on, a page-aligned
+    block of normfast._cpu._alloc (huge pages, reused across calls: no page faults on the
+    output of a repeated shape)."""
     dtype = np.dtype(dtype)
     n = math.prod(shape)
     if n * dtype.itemsize < (1 << 16):
         return np.empty(shape, dtype)
+    if n * dtype.itemsize >= _alloc.MIN_BYTES:
+        return _alloc.empty(shape, dtype)
     buf = np.empty(n * dtype.itemsize + ALIGN, np.uint8)
     off = (-buf.ctypes.data) % ALIGN
     return buf[off:off + n * dtype.itemsize].view(dtype).reshape(shape)

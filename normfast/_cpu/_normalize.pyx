@@ -192,6 +192,7 @@ cdef int _FAST_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
 cdef object _torch_tensor = None          # torch.Tensor once torch is imported
 cdef object _torch_f32 = None, _torch_f64 = None, _torch_from_numpy = None
 cdef object _np_empty = np.empty
+from normfast._cpu._alloc import MIN_BYTES as _ALLOC_MIN, empty as _alloc_empty
 
 
 cdef inline bint _plain(object a, int typenum):
@@ -296,7 +297,10 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
         ba = <cnp.ndarray>bias
         pb = cnp.PyArray_DATA(ba)
     if out is None:
-        ya = <cnp.ndarray>cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), typenum, 0)
+        if cnp.PyArray_NBYTES(xa) >= _ALLOC_MIN:        # large: a reused, already-faulted block
+            ya = <cnp.ndarray>_alloc_empty(x.shape, x.dtype)
+        else:
+            ya = <cnp.ndarray>cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), typenum, 0)
     else:
         if not _plain(out, typenum) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out) \
                 or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>out, xa):
