@@ -19,34 +19,29 @@ cdef extern from "backward.h" nogil:
                              const double *rstd, const double *w, double *dx, double *dw, double *db, int nt)
 
 
-cdef inline void *_ptr(object a):
-    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+include "_boundary.pxi"
 
 
-def rows_backward(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray gh, int64_t M, int64_t N, cnp.ndarray mean, cnp.ndarray rstd,
-                  cnp.ndarray w, cnp.ndarray dx, cnp.ndarray dw, cnp.ndarray db, int nt):
+def rows_backward(x, dy, gh, int64_t M, int64_t N, mean, rstd, w, dx, dw, db, int nt):
     """gh: None or an M x N array added to dx (fused residual gradient).
-    dx (x's dtype), dw/db ((N,) float64) may each be None; mean None for RMSNorm; w (N,) float64."""
-    cdef int rc
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *pg = cnp.PyArray_DATA(dy)
-    cdef void *pgh = _ptr(gh)
-    cdef const double *pmean = <const double *>_ptr(mean)
-    cdef const double *prstd = <const double *>cnp.PyArray_DATA(rstd)
-    cdef const double *pw = <const double *>cnp.PyArray_DATA(w)
-    cdef void *pdx = _ptr(dx)
-    cdef double *pdw = <double *>_ptr(dw)
-    cdef double *pdb = <double *>_ptr(db)
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
+    dx (x's dtype), dw/db ((N,) float64) may each be None; mean None for RMSNorm; w (N,) float64.
+    Every array is checked (type, contiguity, size) before the kernel runs."""
+    cdef int rc = 0, t = _float_type(x)
+    cdef int64_t n = _prod(M, N)
+    cdef void *px = _data(x, "x", t, n)
+    cdef void *pg = _data(dy, "dy", t, n)
+    cdef void *pgh = _data(gh, "gh", t, n, False, True)
+    cdef const double *pmean = <const double *>_data(mean, "mean", cnp.NPY_FLOAT64, M, False, True)
+    cdef const double *prstd = <const double *>_data(rstd, "rstd", cnp.NPY_FLOAT64, M)
+    cdef const double *pw = <const double *>_data(w, "w", cnp.NPY_FLOAT64, N)
+    cdef void *pdx = _data(dx, "dx", t, n, True, True)
+    cdef double *pdw = <double *>_data(dw, "dw", cnp.NPY_FLOAT64, N, True, True)
+    cdef double *pdb = <double *>_data(db, "db", cnp.NPY_FLOAT64, N, True, True)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
             rc = nf_rows_backward_f32(<const float *>px, <const float *>pg, <const float *>pgh, M, N, pmean, prstd, pw,
                                       <float *>pdx, pdw, pdb, nt)
-    elif typenum == cnp.NPY_FLOAT64:
-        with nogil:
-            rc = nf_rows_backward_f64(<const double *>px, <const double *>pg, <const double *>pgh, M, N, pmean, prstd, pw,
-                                      <double *>pdx, pdw, pdb, nt)
-    else:
-        raise TypeError("rows_backward: float32 or float64 expected")
-    if rc != 0:
-        raise MemoryError("normfast: out of memory in rows_backward")
+        else:
+            rc = nf_rows_backward_f64(<const double *>px, <const double *>pg, <const double *>pgh, M, N, pmean, prstd,
+                                      pw, <double *>pdx, pdw, pdb, nt)
+    _check_rc(rc, "rows_backward")

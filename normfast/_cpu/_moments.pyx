@@ -21,25 +21,26 @@ cdef extern from "moments.h" nogil:
                         int64_t D, int kind, nf_mom *out, int nt)
 
 
-def reduce4d(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray m, int64_t A, int64_t B, int64_t C, int64_t D,
-             int kind, cnp.ndarray out, int nt):
+include "_boundary.pxi"
+
+
+def reduce4d(x, dy, m, int64_t A, int64_t B, int64_t C, int64_t D, int kind, out, int nt):
     """out: (A*C, 3) float64 C-contiguous; x (and dy) C-contiguous float32/float64 of A*B*C*D values.
 
-    kind 0: (n, mean, M2); kind 1: (n, 0, sum x^2); kind 2: (n, sum dy, sum dy*(x - m)).
+    kind 0: (n, mean, M2); kind 1: (n, 0, sum x^2); kind 2: (n, sum dy, sum dy*(x - m)) with m
+    (A*C,) float64.  Every array is checked (type, contiguity, size) before the kernel runs.
     """
-    cdef int rc
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *pg = NULL if dy is None else cnp.PyArray_DATA(dy)
-    cdef const double *pm = NULL if m is None else <const double *>cnp.PyArray_DATA(m)
-    cdef nf_mom *po = <nf_mom *>cnp.PyArray_DATA(out)
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
+    cdef int rc = 0, t = _float_type(x)
+    cdef int64_t n = _prod(A, B, C, D), S = _prod(A, C)
+    if kind < 0 or kind > 2:
+        raise ValueError("normfast kernel boundary: kind must be 0, 1 or 2")
+    cdef void *px = _data(x, "x", t, n)
+    cdef void *pg = _data(dy, "dy", t, n, False, kind != 2)
+    cdef const double *pm = <const double *>_data(m, "m", cnp.NPY_FLOAT64, S, False, kind != 2)
+    cdef nf_mom *po = <nf_mom *>_data(out, "out", cnp.NPY_FLOAT64, 3 * S, True)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
             rc = nf_reduce4d_f32(<const float *>px, <const float *>pg, pm, A, B, C, D, kind, po, nt)
-    elif typenum == cnp.NPY_FLOAT64:
-        with nogil:
+        else:
             rc = nf_reduce4d_f64(<const double *>px, <const double *>pg, pm, A, B, C, D, kind, po, nt)
-    else:
-        raise TypeError("reduce4d: float32 or float64 expected")
-    if rc != 0:
-        raise MemoryError("normfast: out of memory in reduce4d")
+    _check_rc(rc, "reduce4d")

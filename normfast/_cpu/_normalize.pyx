@@ -34,107 +34,103 @@ cdef extern from "normalize.h" nogil:
                                const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
 
 
-cdef inline const double *_dptr(object a):
-    return NULL if a is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>a)
+include "_boundary.pxi"
+
+cdef int F64 = cnp.NPY_FLOAT64
 
 
-def apply4d(cnp.ndarray x, cnp.ndarray dy, cnp.ndarray y, int64_t A, int64_t B, int64_t C, int64_t D,
-            cnp.ndarray m, cnp.ndarray p, cnp.ndarray q, cnp.ndarray r, int nt):
-    """y = (x - m) * p + q (+ dy * r), coefficients per (a, c) as float64 (A*C,) arrays."""
-    cdef int rc
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *pg = NULL if dy is None else cnp.PyArray_DATA(dy)
-    cdef void *py = cnp.PyArray_DATA(y)
-    cdef const double *pm = _dptr(m)
-    cdef const double *pp = _dptr(p)
-    cdef const double *pq = _dptr(q)
-    cdef const double *pr = _dptr(r)
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
+def apply4d(x, dy, y, int64_t A, int64_t B, int64_t C, int64_t D, m, p, q, r, int nt):
+    """y = (x - m) * p + q (+ dy * r), coefficients per (a, c) as float64 (A*C,) arrays; y may be x."""
+    cdef int rc = 0, t = _float_type(x)
+    cdef int64_t n = _prod(A, B, C, D), S = _prod(A, C)
+    cdef void *px = _data(x, "x", t, n)
+    cdef void *pg = _data(dy, "dy", t, n, False, True)
+    cdef void *py = _data(y, "y", t, n, True)
+    cdef const double *pm = <const double *>_data(m, "m", F64, S)
+    cdef const double *pp = <const double *>_data(p, "p", F64, S)
+    cdef const double *pq = <const double *>_data(q, "q", F64, S)
+    cdef const double *pr = <const double *>_data(r, "r", F64, S, False, dy is None)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
             rc = nf_apply4d_f32(<const float *>px, <const float *>pg, <float *>py, A, B, C, D, pm, pp, pq, pr, nt)
-    elif typenum == cnp.NPY_FLOAT64:
-        with nogil:
+        else:
             rc = nf_apply4d_f64(<const double *>px, <const double *>pg, <double *>py, A, B, C, D, pm, pp, pq, pr, nt)
-    else:
-        raise TypeError("apply4d: float32 or float64 expected")
-    if rc != 0:
-        raise MemoryError("normfast: out of memory in apply4d")
+    _check_rc(rc, "apply4d")
 
 
-def rows_forward(cnp.ndarray x, cnp.ndarray y, int64_t M, int64_t N, cnp.ndarray w, cnp.ndarray b,
-                 int64_t seg, int64_t period, double eps, bint rms, cnp.ndarray mean, cnp.ndarray rstd, int nt):
-    """Fused per-row statistics + normalization; mean/rstd: (M,) float64 outputs."""
-    cdef int rc
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *py = cnp.PyArray_DATA(y)
-    cdef const double *pw = _dptr(w)
-    cdef const double *pb = _dptr(b)
-    cdef double *pmean = <double *>cnp.PyArray_DATA(mean)
-    cdef double *prstd = <double *>cnp.PyArray_DATA(rstd)
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
+def rows_forward(x, y, int64_t M, int64_t N, w, b, int64_t seg, int64_t period, double eps, bint rms, mean, rstd,
+                 int nt):
+    """Fused per-row statistics + normalization; w/b float64 (period * N / seg,) or None (both or
+    neither); mean/rstd: (M,) float64 outputs."""
+    cdef int rc = 0, t = _float_type(x)
+    cdef int64_t n = _prod(M, N)
+    if period < 1 or seg < 0 or (N > 0 and (seg < 1 or N % seg)):
+        raise ValueError("normfast kernel boundary: seg must divide N and period be >= 1")
+    cdef int64_t nseg = N // seg if seg > 0 else 0
+    if (w is None) != (b is None):
+        raise ValueError("normfast kernel boundary: w and b are given together")
+    cdef void *px = _data(x, "x", t, n)
+    cdef void *py = _data(y, "y", t, n, True)
+    if N == 0:                  # empty rows: the kernel reads no parameter
+        w = b = None
+    cdef const double *pw = <const double *>_data(w, "w", F64, _prod(period, nseg), False, True)
+    cdef const double *pb = <const double *>_data(b, "b", F64, _prod(period, nseg), False, True)
+    cdef double *pmean = <double *>_data(mean, "mean", F64, M, True)
+    cdef double *prstd = <double *>_data(rstd, "rstd", F64, M, True)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
             rc = nf_rows_forward_f32(<const float *>px, <float *>py, M, N, pw, pb, seg, period, eps, rms,
                                      pmean, prstd, nt)
-    elif typenum == cnp.NPY_FLOAT64:
-        with nogil:
+        else:
             rc = nf_rows_forward_f64(<const double *>px, <double *>py, M, N, pw, pb, seg, period, eps, rms,
                                      pmean, prstd, nt)
-    else:
-        raise TypeError("rows_forward: float32 or float64 expected")
-    if rc != 0:
-        raise MemoryError("normfast: out of memory in rows_forward")
+    _check_rc(rc, "rows_forward")
 
 
-def rows_add_forward(cnp.ndarray x, cnp.ndarray res, cnp.ndarray h, cnp.ndarray y, int64_t M, int64_t N,
-                     cnp.ndarray w, cnp.ndarray b, double eps, bint rms, cnp.ndarray mean, cnp.ndarray rstd, int nt):
-    """Fused h = x + res; y = norm(h) per row (w/b float64 (N,) or None); mean/rstd (M,) float64 outputs."""
-    cdef int rc
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *pr = cnp.PyArray_DATA(res)
-    cdef void *ph = cnp.PyArray_DATA(h)
-    cdef void *py = cnp.PyArray_DATA(y)
-    cdef const double *pw = _dptr(w)
-    cdef const double *pb = _dptr(b)
-    cdef double *pmean = <double *>cnp.PyArray_DATA(mean)
-    cdef double *prstd = <double *>cnp.PyArray_DATA(rstd)
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
+def rows_add_forward(x, res, h, y, int64_t M, int64_t N, w, b, double eps, bint rms, mean, rstd, int nt):
+    """Fused h = x + res; y = norm(h) per row (w/b float64 (N,) or None, together); mean/rstd (M,)
+    float64 outputs.  h may be res or x, y may be x or res (row by row)."""
+    cdef int rc = 0, t = _float_type(x)
+    cdef int64_t n = _prod(M, N)
+    if (w is None) != (b is None):
+        raise ValueError("normfast kernel boundary: w and b are given together")
+    cdef void *px = _data(x, "x", t, n)
+    cdef void *pr = _data(res, "res", t, n)
+    cdef void *ph = _data(h, "h", t, n, True)
+    cdef void *py = _data(y, "y", t, n, True)
+    cdef const double *pw = <const double *>_data(w, "w", F64, N, False, True)
+    cdef const double *pb = <const double *>_data(b, "b", F64, N, False, True)
+    cdef double *pmean = <double *>_data(mean, "mean", F64, M, True)
+    cdef double *prstd = <double *>_data(rstd, "rstd", F64, M, True)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
             rc = nf_rows_add_forward_f32(<const float *>px, <const float *>pr, <float *>ph, <float *>py, M, N, pw, pb,
                                          eps, rms, pmean, prstd, nt)
-    elif typenum == cnp.NPY_FLOAT64:
-        with nogil:
+        else:
             rc = nf_rows_add_forward_f64(<const double *>px, <const double *>pr, <double *>ph, <double *>py, M, N,
                                          pw, pb, eps, rms, pmean, prstd, nt)
-    else:
-        raise TypeError("rows_add_forward: float32 or float64 expected")
-    if rc != 0:
-        raise MemoryError("normfast: out of memory in rows_add_forward")
+    _check_rc(rc, "rows_add_forward")
 
 
-def samples_forward(cnp.ndarray x, cnp.ndarray y, int64_t A, int64_t B, int64_t G, int64_t D, cnp.ndarray w,
-                    cnp.ndarray b, double eps, cnp.ndarray mean, cnp.ndarray rstd, int nt):
-    """Per-sample fused channels-last group/instance norm: x[A][B][G*D]; mean/rstd (A*G,) float64."""
-    cdef int rc
-    cdef void *px = cnp.PyArray_DATA(x)
-    cdef void *py = cnp.PyArray_DATA(y)
-    cdef const double *pw = _dptr(w)
-    cdef const double *pb = _dptr(b)
-    cdef double *pmean = <double *>cnp.PyArray_DATA(mean)
-    cdef double *prstd = <double *>cnp.PyArray_DATA(rstd)
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
+def samples_forward(x, y, int64_t A, int64_t B, int64_t G, int64_t D, w, b, double eps, mean, rstd, int nt):
+    """Per-sample fused channels-last group/instance norm: x[A][B][G*D]; w/b float64 per lane (G*D)
+    or None; mean/rstd (A*G,) float64 outputs."""
+    cdef int rc = 0, t = _float_type(x)
+    cdef int64_t n = _prod(A, B, G, D)
+    if n == 0:
+        raise ValueError("normfast kernel boundary: samples_forward needs a non-empty x")
+    cdef void *px = _data(x, "x", t, n)
+    cdef void *py = _data(y, "y", t, n, True)
+    cdef const double *pw = <const double *>_data(w, "w", F64, _prod(G, D), False, True)
+    cdef const double *pb = <const double *>_data(b, "b", F64, _prod(G, D), False, True)
+    cdef double *pmean = <double *>_data(mean, "mean", F64, _prod(A, G), True)
+    cdef double *prstd = <double *>_data(rstd, "rstd", F64, _prod(A, G), True)
+    with nogil:
+        if t == cnp.NPY_FLOAT32:
             rc = nf_samples_forward_f32(<const float *>px, <float *>py, A, B, G, D, pw, pb, eps, pmean, prstd, nt)
-    elif typenum == cnp.NPY_FLOAT64:
-        with nogil:
+        else:
             rc = nf_samples_forward_f64(<const double *>px, <double *>py, A, B, G, D, pw, pb, eps, pmean, prstd, nt)
-    else:
-        raise TypeError("samples_forward: float32 or float64 expected")
-    if rc != 0:
-        raise MemoryError("normfast: out of memory in samples_forward")
+    _check_rc(rc, "samples_forward")
 
 
 # --------------------------------------------------------------------------- fast path

@@ -1,0 +1,51 @@
+# The C boundary (reliability issue, class 9): every array a kernel receives is checked here, so a
+# bug above can only raise, never make a kernel read or write outside an array.
+# Included by the kernel modules (_moments, _normalize, _backward).
+
+cdef int _KERNEL_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+
+
+cdef void *_data(object a, str name, int typenum, int64_t size, bint write=False, bint optional=False) except? NULL:
+    """Data pointer of `a` after checking it is an ndarray of `typenum`, C-contiguous, aligned,
+    native byte order, of exactly `size` elements (writable when `write`); None -> NULL when
+    `optional`."""
+    cdef cnp.ndarray arr
+    if a is None:
+        if optional:
+            return NULL
+        raise ValueError(f"normfast kernel boundary: {name} is required")
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"normfast kernel boundary: {name} must be a NumPy array, got {type(a).__name__}")
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise TypeError(f"normfast kernel boundary: {name} has dtype {arr.dtype}, expected "
+                        f"{cnp.PyArray_DescrFromType(typenum)} in native byte order")
+    if (cnp.PyArray_FLAGS(arr) & _KERNEL_FLAGS) != _KERNEL_FLAGS:
+        raise ValueError(f"normfast kernel boundary: {name} must be C-contiguous and aligned")
+    if size < 0 or cnp.PyArray_SIZE(arr) != size:
+        raise ValueError(f"normfast kernel boundary: {name} has {cnp.PyArray_SIZE(arr)} elements, expected {size}")
+    if write and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"normfast kernel boundary: {name} is read-only")
+    return cnp.PyArray_DATA(arr)
+
+
+cdef int _float_type(object x) except -1:
+    """NPY_FLOAT32 or NPY_FLOAT64: the element type of the kernel call (x's)."""
+    if isinstance(x, cnp.ndarray):
+        t = cnp.PyArray_TYPE(<cnp.ndarray>x)
+        if t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64:
+            return t
+    raise TypeError("normfast kernel boundary: x must be a float32 or float64 NumPy array")
+
+
+cdef int64_t _prod(int64_t a, int64_t b, int64_t c=1, int64_t d=1) except -1:
+    """a*b*c*d for sizes >= 0, ValueError on overflow."""
+    cdef object p = <object>a * b * c * d
+    if a < 0 or b < 0 or c < 0 or d < 0 or p > 0x7FFFFFFFFFFFFFFF:
+        raise ValueError("normfast kernel boundary: sizes must be >= 0 and their product fit in 64 bits")
+    return <int64_t>p
+
+
+cdef inline void _check_rc(int rc, str kernel) except *:
+    if rc != 0:
+        raise MemoryError(f"normfast: out of memory in {kernel}")
