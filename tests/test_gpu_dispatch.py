@@ -140,7 +140,8 @@ BACKWARDS = [
     ("layer_norm", lambda m, x, dy, w: m.layer_norm_backward(
         dy, x, *m.layer_norm(x, 7, w[:7], w[:7], return_stats=True)[1:], 7, w[:7])),
     ("rms_norm", lambda m, x, dy, w: m.rms_norm_backward(
-        dy, x, m.rms_norm(x, (5, 7), w[:35].reshape(5, 7), eps=1e-6, return_stats=True)[1], (5, 7), w[:35].reshape(5, 7))),
+        dy, x, m.rms_norm(x, (5, 7), w[:35].reshape(5, 7), eps=1e-6, return_stats=True)[1], (5, 7),
+        w[:35].reshape(5, 7))),
     ("batch_norm", lambda m, x, dy, w: m.batch_norm_backward(
         dy, x, *m.batch_norm(x, None, None, w[:6], None, True, return_stats=True)[1:], w[:6])),
     ("batch_norm_eval", lambda m, x, dy, w: m.batch_norm_backward(
@@ -387,6 +388,27 @@ def test_exact_backward(cp, name, shape, kind, kw, dtname):
             check(gh, r, bound + ulp_of(r, dt), f"{name} d{'wb'[i - 1]}")
 
 
+@pytest.mark.parametrize("op", ["layer_norm", "batch_norm"])
+def test_exact_outlying_shift(cp, op):
+    """The kernels shift by a row's / unit's first value: an outlier there (6 standard
+    deviations off) costs no accuracy (float64 sums: statistics to ~1e-15; the former float32
+    Welford accumulation was off by 3e-8 relative here)."""
+    rng = np.random.default_rng(11)
+    if op == "layer_norm":
+        x = (rng.standard_normal((2, 1 << 18)) * 0.1 + 1e4).astype(np.float32)
+        x[:, 0] = 1e4 + 0.6
+        got = nf.layer_norm(cp.asarray(x), x.shape[-1], return_stats=True)
+        ref = ref_layer_norm(x, x.shape[-1])
+    else:
+        x = (rng.standard_normal((64, 2, 4096)) * 0.1 + 1e4).astype(np.float32)
+        x[::7, :, ::1000] = 1e4 - 0.6             # the first value of many units
+        got = nf.batch_norm(cp.asarray(x), None, None, None, None, True, return_stats=True)
+        ref = ref_batch_norm_train(x)[:3]
+    check(on_host(cp, got[0]), ref[0], 2e-6, f"{op} y")
+    for g, r in zip(got[1:], ref[1:]):
+        check(on_host(cp, g), r, _stat_bound(r, np.float32), f"{op} stats")
+
+
 def test_exact_deterministic_schedule_order(cp):
     """On the emulator, the threads of every block in the opposite order give the same bits
     (no result depends on the order of unsynchronized threads)."""
@@ -394,7 +416,7 @@ def test_exact_deterministic_schedule_order(cp):
         pytest.skip("emulator only")
     x = _data(np.dtype(np.float32), (16, 4, 48, 48), seed=9)
     w, b = _params(np.dtype(np.float32), 8, seed=3)
-    runs = []
+    runs, order = [], cp.emulator["reverse"]
     for reverse in (False, True):
         cp.emulator["reverse"] = reverse
         try:
@@ -407,7 +429,7 @@ def test_exact_deterministic_schedule_order(cp):
             out += nf.batch_norm_backward(xd, xd, *out[1:3], cp.asarray(w[:4]))
             runs.append([on_host(cp, o) for o in out])
         finally:
-            cp.emulator["reverse"] = False
+            cp.emulator["reverse"] = order
     for a, c in zip(*runs):
         assert np.array_equal(a, c, equal_nan=True)
 

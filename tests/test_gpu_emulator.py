@@ -172,14 +172,16 @@ def test_exited_threads_count_at_syncthreads(cp, emu):
 
 def test_reverse_order_exposes_a_race(cp, emu):
     y = cp.zeros(64, dtype=np.int32)
-    launch(emu, "emu_race", (1,), (64,), np.int32(7), y)
-    assert (cp.asnumpy(y) == 7).all()            # forward order happens to work
-    cp.emulator["reverse"] = True
+    order = cp.emulator["reverse"]
     try:
-        launch(emu, "emu_race", (1,), (64,), np.int32(9), y)
-    finally:
         cp.emulator["reverse"] = False
-    assert (cp.asnumpy(y) != 9).any()            # ... the reverse order shows the missing barrier
+        launch(emu, "emu_race", (1,), (64,), np.int32(7), y)
+        assert (cp.asnumpy(y) == 7).all()        # forward order happens to work
+        cp.emulator["reverse"] = True
+        launch(emu, "emu_race", (1,), (64,), np.int32(9), y)
+        assert (cp.asnumpy(y) != 9).any()        # ... the reverse order shows the missing barrier
+    finally:
+        cp.emulator["reverse"] = order
 
 
 def test_stack_overflow_reported(cp, emu):

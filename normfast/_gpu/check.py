@@ -14,7 +14,6 @@ one to three minutes on a current GPU (``--quick``: smaller shapes, no slow test
 """
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -213,8 +212,8 @@ def run_bench(quick=False, ops=None, dtypes=("float32", "bfloat16"), shapes=None
                 import ml_dtypes
                 dtype = np.dtype(ml_dtypes.bfloat16)
                 cp.zeros(2, dtype=dtype)
-            except Exception as e:  # noqa: BLE001
-                problems.append(f"bfloat16 unavailable ({type(e).__name__}: {e})")
+            except Exception as e:  # noqa: BLE001 - a CuPy / ml_dtypes limitation, not a normfast failure
+                notes.append(f"bfloat16 skipped: no bfloat16 CuPy arrays here ({type(e).__name__}: {e})")
                 continue
         else:
             dtype = np.dtype(dname)

@@ -18,7 +18,6 @@
  */
 #include "common.cuh"
 
-
 template <typename T, int KIND>
 __global__ void __launch_bounds__(256)
 nf_reduce_row(const T *x, const T *dy, const double *m, nf_i64 A_, nf_i64 B, nf_i64 C, nf_i64 D, nf_i64 P,

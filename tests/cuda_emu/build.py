@@ -37,6 +37,12 @@ def _kernels():
     return _kernels
 
 
+def cxxflags():
+    """CXXFLAGS plus NF_EMU_CXXFLAGS from the environment (e.g. -DNF_EMU_UCONTEXT: the portable
+    ucontext switch instead of the x86-64 one)."""
+    return CXXFLAGS + os.environ.get("NF_EMU_CXXFLAGS", "").split()
+
+
 def compiler():
     return os.environ.get("NF_EMU_CXX") or shutil.which("g++") or shutil.which("c++")
 
@@ -71,7 +77,7 @@ def library_path():
     for part in (gen, (HERE / "cuda_emu.h").read_text(), (HERE / "runtime.cpp").read_text(),
                  (HERE / "selftest.cu").read_text(),
                  (HERE / "include" / "cuda_fp16.h").read_text(), (HERE / "include" / "cuda_bf16.h").read_text(),
-                 " ".join(CXXFLAGS), cxx, _cxx_version(cxx)):
+                 " ".join(cxxflags()), cxx, _cxx_version(cxx)):
         h.update(part.encode())
         h.update(b"\0")
     key = h.hexdigest()[:20]
@@ -88,7 +94,8 @@ def library_path():
         t0 = time.perf_counter()
         for src in (work / "kernels.cpp", HERE / "runtime.cpp", HERE / "selftest.cu"):   # in parallel
             obj = work / (src.stem + ".o")
-            cmd = [cxx, *[f for f in CXXFLAGS if f != "-shared"], "-x", "c++", "-c", str(src), "-o", str(obj), *inc]
+            cmd = [cxx, *[f for f in cxxflags() if f != "-shared"], "-x", "c++", "-c", str(src), "-o", str(obj),
+                   *inc]
             procs.append((cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
             objs.append(str(obj))
         for cmd, p in procs:

@@ -13,9 +13,9 @@
  *   of its warp named in the mask is there; a lane of the mask that has exited
  *   or waits at another barrier is reported as an error (divergent warp sync).
  *   A shuffle reading a lane outside the mask returns NaN bits.
- * - __shared__ variables are static: one block runs at a time, so every block
- *   sees its own copy; the shared section is filled with NaN bytes (0xff)
- *   before each block, as GPU shared memory starts with garbage.
+ * - __shared__ variables are function statics: one block runs at a time, so every
+ *   block has them to itself.  They are not reset between blocks (on a GPU a block
+ *   starts with garbage; here with what the previous block left).
  * - Atomics are plain read-modify-write (threads never preempt each other).
  * - Arithmetic is the host's IEEE arithmetic, compiled without contraction
  *   (-ffp-contract=off: no FMA, i.e. never more accurate than the device) and

@@ -27,7 +27,6 @@ import numbers
 import operator
 import os
 import re
-import sys
 import time
 import types
 import weakref
@@ -406,10 +405,6 @@ def copyto(dst, src, casting="same_kind", where=True):
     if not isinstance(dst, ndarray):
         raise TypeError("copyto: dst must be a cupy.ndarray")
     np.copyto(dst._a, _operand(src), casting=casting, where=_operand(where))
-
-
-def get_array_module(*args):
-    return sys.modules[__name__]._module if any(isinstance(a, ndarray) for a in args) else np
 
 
 _UFUNCS = {"add", "subtract", "multiply", "true_divide", "divide", "negative", "absolute", "sqrt", "maximum",
