@@ -111,6 +111,12 @@ def library_path():
             raise BuildError(f"emulator link failed:\n$ {' '.join(cmd)}\n{p.stdout}{p.stderr}")
         os.replace(tmp, lib)                     # atomic: concurrent sessions never see half a file
         (cache / f"build-{key}.log").write_text(f"built in {time.perf_counter() - t0:.1f} s\n")
+        for old in list(cache.glob("libnfemu-*.so")) + list(cache.glob("build-*.log")):
+            try:                                 # libraries of older sources, unused for a week
+                if key not in old.name and time.time() - old.stat().st_atime > 7 * 86400:
+                    old.unlink()
+            except OSError:
+                pass
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return lib
