@@ -3,6 +3,7 @@
 Commands
   bench          benchmark normfast against NumPy / PyTorch / CuPy (normfast.bench)
   check-kernels  compile and check the GPU kernels (normfast._gpu.compile)
+  gpu-check      device tests and a GPU benchmark on a CUDA machine (normfast._gpu.check)
   dask-demo      distributed statistics demo with dask (normfast._dask_demo)
 """
 import importlib
@@ -12,6 +13,7 @@ import sys
 COMMANDS = {
     "bench": ("normfast.bench", "benchmark normfast against NumPy, PyTorch and CuPy, with the copy roofline"),
     "check-kernels": ("normfast._gpu.compile", "compile every CUDA kernel with NVRTC (needs CuPy, no GPU)"),
+    "gpu-check": ("normfast._gpu.check", "run the GPU tests and a GPU benchmark on a CUDA device (PASS/FAIL)"),
     "dask-demo": ("normfast._dask_demo", "mergeable statistics over a dask array (needs dask)"),
 }
 

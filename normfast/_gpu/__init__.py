@@ -3,9 +3,14 @@
 Nothing heavy is imported here: CuPy is imported inside functions only, so
 `import normfast` never imports CuPy.
 
-  normfast._gpu.engine.GpuEngine   the four engine primitives on CuPy arrays
+  normfast._gpu.engine.GpuEngine   the engine interface of normfast/_engine_cpu.py on CuPy arrays
+  normfast._gpu.dispatch           the dispatcher's GPU route (operators run with GpuEngine)
   normfast._gpu.compile            offline NVRTC compile check (`python -m normfast check-kernels`)
+  normfast._gpu.check              device tests + GPU benchmark (`python -m normfast gpu-check`)
   available()                      True when CuPy imports and a CUDA device is usable
+
+Without a device, tests/cuda_emu runs these kernels through g++ and a CUDA emulation
+header (the GPU tests' `emu` variant).
 """
 
 __all__ = ["available", "GpuEngine"]

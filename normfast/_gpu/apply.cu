@@ -28,7 +28,7 @@ nf_apply_seg(const T *x, const T *dy, T *y, nf_i64 G, nf_i64 BC, nf_i64 C, nf_i6
         nf_split(m[s], mh, ml);
         const A ps = (A)p[s], qs = (A)q[s], rs = DY ? (A)r[s] : A(0);
         const nf_i64 o = g * D + off;
-        nf_map<T, DY>(x + o, dy + o, y + o, len, tx, TPS, [&](nf_i64, A v, A d) {
+        nf_map<T, DY ? 2 : 1>(x + o, dy + o, dy + o, y + o, len, tx, TPS, [&](nf_i64, A v, A d, A) {
             A z = ((v - mh) - ml) * ps + qs;
             if (DY) z += d * rs;
             return z;

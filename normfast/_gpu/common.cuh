@@ -6,33 +6,40 @@
  * normfast/_gpu/_kernels.py for the list of instantiations.
  *
  * NB: About the numerics (applies to every kernel)
- * - Accumulator type A: float for __half / __nv_bfloat16 / float, double for double.
- * - Moments (count, mean, M2) are computed about a shift k that is one of the
- *   data values (the row's / unit's / lane's first value): d = x - k is exact
- *   in A when x is within a factor 2 of k (Sterbenz) and otherwise rounded
- *   relative to |x - k|, never relative to |x|.  The mean is thus kept as
- *   the pair (k, mu): k carries the high bits, mu = mean(d) the low bits, and
- *   the reported float64 mean is (double)k + (double)mu.
- *   float: Welford per thread on d (fast reciprocal: an error of a few ulp in
- *   1/n only perturbs the running mean, and M2's update is insensitive to it
- *   to first order), then Chan merges across lanes (shuffles) and warps
- *   (shared memory) in a fixed order.
- *   double: shifted sums S1 = sum(d), S2 = sum(d^2) per thread (as the CPU
- *   kernels do; d is small so S2 - S1^2/n cancels little), then Chan merges.
+ * - Element type T, arithmetic type A: float for __half / __nv_bfloat16 / float,
+ *   double for double.  Every value is converted to A on load and every result is
+ *   rounded once to T on store.
+ * - Statistics and sums are accumulated in float64 for every T.  Moments are
+ *   shifted sums about k, one of the data values (the row's / unit's / lane's
+ *   first): per thread n, S1 = sum(x - k), S2 = sum((x - k)^2) with x - k formed
+ *   in float64.  For 16/32-bit input x and k are floats, so x - k and its square
+ *   are exact in float64 and the only roundings are the float64 additions
+ *   (relative 2^-53 each; for 16-bit input and moderate counts the sums are exact,
+ *   so even their order does not matter).  S2 - S1^2 / n loses only the bits of
+ *   (mean - k)^2 / variance, a few for a shift within a few standard deviations.
+ *   The threads sharing a shift add their sums in a fixed order (lanes by shuffles,
+ *   warps through shared memory); partials with different shifts (the units of a
+ *   reduction split over blocks, the lanes of the column mode) become (n, mean, M2)
+ *   and are combined by Chan's merge in float64 by a second kernel, in a fixed
+ *   order.  The backward sums (sum g, sum g * xh; dw / db partials) are
+ *   float64 sums of exact float64 products of A values.
  * - The "x - mean" precision rule: every kernel that subtracts a mean computes
- *   (x - hi) - lo, where hi/lo is the (k, mu) pair of the fused row kernel or
- *   the float split of a float64 mean (hi = (float)m, lo = (float)(m - hi)).
- *   x - hi is exact near the mean, so a float32 row with mean 1e4 and std 0.1
- *   normalizes with an error of a few float32 ulps of the result (a float mean
- *   alone would be off by up to 5e-4, i.e. 5e-3 after scaling by rstd).
- *   All remaining arithmetic is in A, rounded once to T.
+ *   (x - hi) - lo in A, with hi = (A)m, lo = (A)(m - hi) the split of the float64
+ *   mean m.  x - hi is exact for x within a factor 2 of hi (Sterbenz), so a
+ *   float32 row with mean 1e4 and std 0.1 normalizes with an error of a few
+ *   float32 ulps of the result (a float32 mean alone would be off by up to 5e-4,
+ *   i.e. 5e-3 after scaling by rstd).  The scale rstd * w is formed in float64
+ *   and rounded once to A; the rest of the elementwise arithmetic is in A.
  * - Determinism: work is cut into units whose boundaries depend only on the
  *   shape and the launch configuration (itself a function of the shape and the
  *   device's SM count); partials are written to a buffer and merged by a second
- *   kernel in a fixed order.  No float atomics: results are bitwise
- *   reproducible run to run on a given device.
- * - Indexing is 64-bit (long long) everywhere; a division helper takes a 32-bit
- *   path when both operands fit.
+ *   kernel in a fixed order.  No float atomics, no warp-synchronous shared memory
+ *   (every exchange goes through a shuffle or a barrier): results are bitwise
+ *   reproducible run to run on a given device (for the same data at the same
+ *   16-byte alignment: the threads' share of a row follows its alignment, so a
+ *   view at another offset may differ in the last bits of float64 sums).
+ * - Indexing is 64-bit (long long) everywhere, row strides included; a division
+ *   helper takes a 32-bit path when both operands fit.
  * - Loads: 16-byte vectors where the pointer is aligned, with a scalar head and
  *   tail, so any width and any (element-aligned) offset works.
  */
@@ -147,37 +154,33 @@ struct nf_add {
     }
 };
 
-/* Per-thread moments of shifted values d = x - k. */
-template <typename A> struct nf_moments;
-
-template <> struct nf_moments<float> {      /* Welford */
-    float n, mean, m2;
-    NF_DEV void init() { n = 0.f; mean = 0.f; m2 = 0.f; }
-    NF_DEV void push(float d)
+/* Per-thread shifted sums in float64 about the shift k shared by every thread of a
+ * row / unit / lane: (n, S1 = sum(x - k), S2 = sum((x - k)^2)) (see the notes above).
+ * The sums of the threads are added (nf_add: one shift, so no Chan step is needed)
+ * and nf_moments_of turns the total into (n, mean, M2). */
+struct nf_moments {
+    double n, k, s1, s2;
+    NF_DEV void init(double shift) { n = 0.0; k = shift; s1 = 0.0; s2 = 0.0; }
+    NF_DEV void push(double v)
     {
-        n += 1.f;
-        const float e = d - mean;
-        mean += e * __fdividef(1.f, n);
-        m2 += e * (d - mean);
+        const double d = v - k;
+        n += 1.0;
+        s1 += d;
+        s2 += d * d;
     }
-    NF_DEV void push_sq(float v) { n += 1.f; m2 += v * v; }
-    NF_DEV nf_s3<float> get() const { return nf_make3(n, mean, m2); }
+    NF_DEV void push_sq(double v) { n += 1.0; s2 += v * v; }   /* rms: S1 stays 0 */
+    NF_DEV nf_s3<double> sums() const { return nf_make3(n, s1, s2); }
 };
 
-template <> struct nf_moments<double> {     /* shifted sums */
-    double n, s1, s2;
-    NF_DEV void init() { n = 0.0; s1 = 0.0; s2 = 0.0; }
-    NF_DEV void push(double d) { n += 1.0; s1 += d; s2 += d * d; }
-    NF_DEV void push_sq(double v) { n += 1.0; s2 += v * v; }
-    NF_DEV nf_s3<double> get() const
-    {
-        if (n == 0.0) return nf_zero3<double>();
-        const double mean = s1 / n;
-        double m2 = s2 - s1 * mean;
-        if (m2 < 0.0) m2 = 0.0;             /* keeps NaN */
-        return nf_make3(n, mean, m2);
-    }
-};
+/* (n, S1, S2) about k -> (n, mean, M2) with mean = k + S1 / n, M2 = S2 - S1^2 / n >= 0. */
+NF_DEV nf_s3<double> nf_moments_of(nf_s3<double> s, double k)
+{
+    if (s.a == 0.0) return nf_zero3<double>();
+    const double d = s.b / s.a;
+    double m2 = s.c - s.b * d;
+    if (m2 < 0.0) m2 = 0.0;                                     /* keeps NaN */
+    return nf_make3(s.a, k + d, m2);
+}
 
 /* ---- block-level reduction ----------------------------------------------
  * The block is blockDim.y groups of blockDim.x threads (blockDim.x a multiple
@@ -254,38 +257,42 @@ NF_DEV void nf_for2(const T *p, const T *q, nf_i64 n, int t, int nt, F f)
     for (nf_i64 j = head + nv * V + t; j < n; j += nt) f(j, CV::to(p[j]), CV::to(q[j]));
 }
 
-/* y[j] = f(j, x[j], q[j]) (q read only when HAS_Q; y may alias x). */
-template <typename T, bool HAS_Q, typename F>
-NF_DEV void nf_map(const T *p, const T *q, T *y, nf_i64 n, int t, int nt, F f)
+/* y[j] = f(j, p[j], q[j], r[j]) over NIN = 1, 2 or 3 inputs (q is read only when
+ * NIN >= 2, r when NIN == 3; A(0) is passed instead).  y may alias any input (each
+ * element is read before it is written).  16-byte vectors when every pointer shares
+ * p's alignment, else scalar accesses. */
+template <typename T, int NIN, typename F>
+NF_DEV void nf_map(const T *p, const T *q, const T *r, T *y, nf_i64 n, int t, int nt, F f)
 {
     typedef nf_cvt<T> CV;
     typedef typename nf_acc<T>::type A;
     const int V = 16 / sizeof(T);
-    const bool aligned = ((((nf_u64)p ^ (nf_u64)y) & 15u) == 0) && (!HAS_Q || ((((nf_u64)p ^ (nf_u64)q) & 15u) == 0));
-    if (!aligned) {
-        for (nf_i64 j = t; j < n; j += nt) y[j] = CV::from(f(j, CV::to(p[j]), HAS_Q ? CV::to(q[j]) : A(0)));
-        return;
-    }
-    nf_i64 head = (nf_i64)(((16u - (unsigned)((nf_u64)p & 15u)) & 15u) / sizeof(T));
+    const nf_u64 pa = (nf_u64)p;
+    const bool aligned = (((pa ^ (nf_u64)y) & 15u) == 0) && (NIN < 2 || (((pa ^ (nf_u64)q) & 15u) == 0)) &&
+                         (NIN < 3 || (((pa ^ (nf_u64)r) & 15u) == 0));
+    nf_i64 head = aligned ? (nf_i64)(((16u - (unsigned)(pa & 15u)) & 15u) / sizeof(T)) : n;
     if (head > n) head = n;
-    for (nf_i64 j = t; j < head; j += nt) y[j] = CV::from(f(j, CV::to(p[j]), HAS_Q ? CV::to(q[j]) : A(0)));
+    for (nf_i64 j = t; j < head; j += nt)
+        y[j] = CV::from(f(j, CV::to(p[j]), NIN >= 2 ? CV::to(q[j]) : A(0), NIN >= 3 ? CV::to(r[j]) : A(0)));
     const nf_i64 nv = (n - head) / V;
     const nf_vec<T> *pv = reinterpret_cast<const nf_vec<T> *>(p + head);
     const nf_vec<T> *qv = reinterpret_cast<const nf_vec<T> *>(q + head);
+    const nf_vec<T> *rv = reinterpret_cast<const nf_vec<T> *>(r + head);
     nf_vec<T> *yv = reinterpret_cast<nf_vec<T> *>(y + head);
 #pragma unroll 2
     for (nf_i64 i = t; i < nv; i += nt) {
         const nf_vec<T> a = pv[i];
-        nf_vec<T> b;
-        if (HAS_Q) b = qv[i];
-        nf_vec<T> o;
+        nf_vec<T> b, c, o;
+        if (NIN >= 2) b = qv[i];
+        if (NIN >= 3) c = rv[i];
 #pragma unroll
         for (int e = 0; e < V; ++e)
-            o.v[e] = CV::from(f(head + i * V + e, CV::to(a.v[e]), HAS_Q ? CV::to(b.v[e]) : A(0)));
+            o.v[e] = CV::from(f(head + i * V + e, CV::to(a.v[e]), NIN >= 2 ? CV::to(b.v[e]) : A(0),
+                                NIN >= 3 ? CV::to(c.v[e]) : A(0)));
         yv[i] = o;
     }
     for (nf_i64 j = head + nv * V + t; j < n; j += nt)
-        y[j] = CV::from(f(j, CV::to(p[j]), HAS_Q ? CV::to(q[j]) : A(0)));
+        y[j] = CV::from(f(j, CV::to(p[j]), NIN >= 2 ? CV::to(q[j]) : A(0), NIN >= 3 ? CV::to(r[j]) : A(0)));
 }
 
 #endif /* NF_COMMON_CUH */

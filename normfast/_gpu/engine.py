@@ -1,16 +1,22 @@
-"""GPU engine: the four kernel primitives of normfast._engine_cpu.CpuEngine on CuPy arrays.
+"""GPU engine: normfast's engine interface (normfast/_engine_cpu.py) on CuPy arrays.
 
-Same static methods and semantics as CpuEngine:
-  reduce(x, dims, kind=0, dy=None, m=None)                  -> (A*C, 3) float64
-  apply(x, dims, m, p, q, out, dy=None, r=None)             -> out
-  rows_forward(x, M, N, w, b, seg, period, eps, rms, out)   -> (mean, rstd), (M,) float64
-  rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db) -> (dx, dw, db)
-x / dy / out: float16, bfloat16 (the ml_dtypes dtype, when CuPy has it), float32 or
-float64, C-contiguous (inputs are made contiguous; `out` must be).  Coefficients,
-statistics, w / b and dw / db are float64 (NumPy inputs are moved to the device).
-Statistics are accumulated in float32 for 16/32-bit inputs and float64 for float64,
-with the mean kept as a hi/lo pair (see common.cuh).  Kernels run on the current
-device and stream; modules are compiled once per (device, element type).
+GpuEngine has the CPU engine's methods and semantics, so the operators run unchanged
+on the GPU (normfast._gpu.dispatch puts it in place for a call with CuPy arrays):
+  kernel_dtype, kernel_array, writable_as_is, empty, to_host      array handling
+  reduce(x, dims, kind=0, dy=None, m=None)                   -> (A*C, 3) float64
+  apply(x, dims, m, p, q, out, dy=None, r=None)              -> out
+  rows_forward(x, M, N, w, b, seg, period, eps, rms, out)    -> (mean, rstd), (M,) float64
+  rows_add_forward(x, res, h, y, M, N, w, b, eps, rms)       -> (mean, rstd)
+  rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db, gh=None) -> (dx, dw, db)
+x / dy / gh / out / h / y / dx: CuPy arrays of float16, bfloat16 (the ml_dtypes dtype,
+when CuPy has it), float32 or float64 on the device.  Statistics, coefficients, w / b and
+dw / db are small float64 arrays on the host (NumPy; device arrays are accepted too and
+host inputs are moved by the engine), exactly as with the CPU engine.
+The row primitives also take row-strided 2-d views (unit inner stride, any row stride)
+of x / dy / gh / out without a copy; every other input is made C-contiguous.
+Numerics (see common.cuh): statistics and sums in float64, elementwise arithmetic in
+float32 (float64 for float64 data) with x - mean as (x - hi) - lo.  Kernels run on the
+current device and stream; modules are compiled once per (CuPy, device, element type).
 """
 import math
 import threading
@@ -23,8 +29,8 @@ _NULL = np.uint64(0)          # a NULL pointer argument
 _THREADS = 256                # block size of the 1-d kernels
 _ROW_MIN = 32                 # D >= _ROW_MIN: segment (row) mode; else column mode
 _MIN_UNIT = 8192              # minimum elements per reduction unit
-_modules = {}                 # (device id, ctype) -> cupy.RawModule
-_sm = {}                      # device id -> multiprocessor count
+_modules = {}                 # (id(cupy module), device id, ctype) -> (cupy module, RawModule)
+_sm = {}                      # (id(cupy module), device id) -> multiprocessor count
 _lock = threading.Lock()
 
 
@@ -55,28 +61,31 @@ def _device_id():
 
 
 def sm_count():
+    cp = _cp()
     dev = _device_id()
-    n = _sm.get(dev)
+    key = (id(cp), dev)
+    n = _sm.get(key)
     if n is None:
-        n = int(_cp().cuda.Device(dev).attributes["MultiProcessorCount"])
-        _sm[dev] = n
+        n = int(cp.cuda.Device(dev).attributes["MultiProcessorCount"])
+        _sm[key] = n
     return n
 
 
 def module(dtype):
-    """The compiled cupy.RawModule for element type `dtype` on the current device."""
+    """The compiled cupy.RawModule for element type `dtype` on the current device.  The
+    cache key includes the CuPy module itself (the test emulator stands in for CuPy)."""
+    cp = _cp()
     ctype = ctype_of(dtype)
-    key = (_device_id(), ctype)
-    mod = _modules.get(key)
-    if mod is None:
+    key = (id(cp), _device_id(), ctype)
+    hit = _modules.get(key)
+    if hit is None:
         with _lock:
-            mod = _modules.get(key)
-            if mod is None:
-                cp = _cp()
+            hit = _modules.get(key)
+            if hit is None:
                 mod = cp.RawModule(code=_kernels.source(), options=_kernels.RAWMODULE_OPTIONS,
                                    name_expressions=_kernels.name_expressions(ctype))
-                _modules[key] = mod
-    return mod
+                hit = _modules[key] = (cp, mod)   # holding cp keeps its id unique
+    return hit[1]
 
 
 def _fn(dtype, name, *targs):
@@ -124,13 +133,66 @@ def _like(y, x, name):
 
 
 def _coef(c, n, name):
+    """A float64 device vector of n entries from a host (NumPy) or device array."""
     cp = _cp()
     if c is None:
         raise TypeError(f"{name} is required")
+    if not isinstance(c, cp.ndarray):
+        c = np.ascontiguousarray(c, dtype=np.float64)
     c = cp.ascontiguousarray(cp.asarray(c, dtype=cp.float64)).reshape(-1)
     if c.size != n:
         raise ValueError(f"{name} must have {n} entries, got {c.size}")
     return c
+
+
+def _host(a):
+    return a if a is None or isinstance(a, np.ndarray) else _cp().asnumpy(a)
+
+
+def _row_stride(a, M, N):
+    """Row stride in elements when `a` is M rows of N contiguous elements (a 2-d view with
+    unit inner stride, or C-contiguous), else None."""
+    it = a.itemsize
+    if a.ndim == 2 and a.shape == (M, N):
+        s0, s1 = a.strides
+        if (s1 == it or N <= 1) and s0 % it == 0:
+            return s0 // it if M > 1 else N
+    if a.flags.c_contiguous:
+        return N
+    return None
+
+
+def _rows_in(a, M, N, name, dtype=None):
+    """(array, ld) for a row operand: row-strided views as they are, else C-contiguous."""
+    cp = _cp()
+    if a is None:
+        raise TypeError(f"{name} is required")
+    a = cp.asarray(a)
+    if dtype is not None and a.dtype != dtype:
+        a = a.astype(dtype)
+    ctype_of(a.dtype)
+    if a.size != M * N:
+        raise ValueError(f"{name} must have M * N = {M * N} elements, got {a.size}")
+    ld = _row_stride(a, M, N)
+    if ld is None:
+        a, ld = cp.ascontiguousarray(a), N
+    return a.reshape(M, N) if a.ndim != 2 else a, ld
+
+
+def _rows_out(out, x, M, N, name="out"):
+    """(out, ld) for a row output: C-contiguous or a row-strided 2-d view whose rows do not
+    overlap."""
+    cp = _cp()
+    if not isinstance(out, cp.ndarray):
+        raise TypeError(f"{name} must be a cupy.ndarray")
+    if out.dtype != x.dtype:
+        raise TypeError(f"{name} must have dtype {x.dtype}, got {out.dtype}")
+    if out.size != M * N:
+        raise ValueError(f"{name} must have {M * N} elements, got {out.size}")
+    ld = _row_stride(out, M, N)
+    if ld is None or (M > 1 and abs(ld) < N):
+        raise ValueError(f"{name} must be C-contiguous or a 2-d view with unit inner stride and disjoint rows")
+    return out, ld
 
 
 def _target(out, x, name="out"):
@@ -230,29 +292,56 @@ class _LazyCupy:
 
 
 class GpuEngine:
-    name = "gpu"
+    """The engine of the dispatcher's GPU route (same interface as CpuEngine)."""
+
+    name = "cuda"
     xp = _LazyCupy()
+
+    # ---------------------------------------------------------------- arrays
+
+    @staticmethod
+    def kernel_dtype(dtype):
+        """Every floating dtype with a kernel runs natively (float16 and bfloat16 included)."""
+        dt = np.dtype(dtype).newbyteorder("=")
+        ctype_of(dt)                     # TypeError for dtypes without a kernel
+        return dt
+
+    @staticmethod
+    def kernel_array(a, dtype):
+        cp = _cp()
+        return cp.ascontiguousarray(cp.asarray(a, dtype=dtype))
+
+    @staticmethod
+    def writable_as_is(out):
+        return out.flags.c_contiguous
+
+    @staticmethod
+    def empty(shape, dtype):
+        return _cp().empty(shape, dtype=dtype)
+
+    to_host = staticmethod(_host)
+
+    # ---------------------------------------------------------------- primitives
 
     @staticmethod
     def reduce(x, dims, kind=0, dy=None, m=None):
         """Per (a, c) of x[A, B, C, D]: kind 0 -> (n, mean, M2); 1 -> (n, 0, sum x^2);
-        2 -> (n, sum dy, sum dy * (x - m[a, c])).  Returns a (A*C, 3) float64 array."""
+        2 -> (n, sum dy, sum dy * (x - m[a, c])).  Returns a (A*C, 3) float64 NumPy array."""
         cp = _cp()
         if kind not in (0, 1, 2):
             raise ValueError(f"kind must be 0, 1 or 2, got {kind}")
         x = _input(x)
         A, B, C, D = _dims(dims, x)
         S = A * C
-        out = cp.zeros((S, 3), dtype=cp.float64)
         if S == 0 or B * D == 0:
-            return out
+            return np.zeros((S, 3), dtype=np.float64)
         if kind == 2:
             dy = _like(dy, x, "dy")
             m = _coef(m, S, "m")
         else:
             dy, m = x, _NULL
+        out = cp.empty((S, 3), dtype=cp.float64)
         V = _vec(x)
-        merge = _fn(x.dtype, "nf_merge")
         if D >= _ROW_MIN:
             P, pps, ppu, K, TPS = _row_plan(S, B, D, V)
             part = cp.empty((S * K, 3), dtype=cp.float64)
@@ -268,9 +357,9 @@ class GpuEngine:
                     (x, dy, m, _i64(A), _i64(B), _i64(C), _i64(D), _i64(R), _i64(K), np.int32(LT), _i64(NT),
                      part))
             mC, mL, mD = C, L, D
-        _launch(merge, _grid(_cdiv(S, _THREADS // 32), _THREADS), _THREADS,
+        _launch(_fn(x.dtype, "nf_merge"), _grid(_cdiv(S, _THREADS // 32), _THREADS), _THREADS,
                 (part, _i64(S), _i64(mC), _i64(K), _i64(mL), _i64(mD), np.int32(kind == 2), out))
-        return out
+        return _host(out)
 
     @staticmethod
     def apply(x, dims, m, p, q, out, dy=None, r=None):
@@ -314,15 +403,13 @@ class GpuEngine:
 
     @staticmethod
     def rows_forward(x, M, N, w, b, seg, period, eps, rms, out):
-        """Fused per-row statistics and normalization.  Returns (mean, rstd), (M,) float64."""
-        x = _input(x)
+        """Fused per-row statistics and normalization.  Returns (mean, rstd), (M,) float64 NumPy."""
         M, N, seg, period = int(M), int(N), int(seg), int(period)
-        if M * N != x.size:
-            raise ValueError(f"M * N = {M * N} does not match an array of {x.size} elements")
-        out = _target(out, x)
+        x, ldx = _rows_in(x, M, N, "x")
+        out, ldy = _rows_out(out, x, M, N)
         mean, rstd = _row_stats(M, N)
         if M * N == 0:
-            return mean, rstd
+            return _host(mean), _host(rstd)
         if seg < 1 or N % seg:
             raise ValueError(f"seg must divide N = {N}, got {seg}")
         if period < 1:
@@ -330,13 +417,14 @@ class GpuEngine:
         wa, ba = _affine(w, b, period * (N // seg))
         tpr, rpb = _rows_layout(N, _vec(x))
         _launch(_fn(x.dtype, "nf_rows_fwd", "true" if rms else "false"), _grid(_cdiv(M, rpb), tpr * rpb),
-                (tpr, rpb), (x, out, _i64(M), _i64(N), wa, ba, _i64(seg), _i64(period), np.float64(eps), mean, rstd))
-        return mean, rstd
+                (tpr, rpb), (x, _i64(ldx), out, _i64(ldy), _i64(M), _i64(N), wa, ba, _i64(seg), _i64(period),
+                             np.float64(eps), mean, rstd))
+        return _host(mean), _host(rstd)
 
     @staticmethod
     def rows_add_forward(x, res, h, y, M, N, w, b, eps, rms):
         """Fused h = x + res (rounded in x's dtype, stored in h) and y = norm(h) per row (w/b
-        float64 (N,) or None).  Returns (mean, rstd), (M,) float64."""
+        float64 (N,) or None).  Returns (mean, rstd), (M,) float64 NumPy."""
         x, res = _input(x), _input(res, "residual")
         M, N = int(M), int(N)
         if M * N != x.size or res.shape != x.shape:
@@ -344,43 +432,51 @@ class GpuEngine:
         h, y = _target(h, x, "h"), _target(y, x)
         mean, rstd = _row_stats(M, N)
         if M * N == 0:
-            return mean, rstd
+            return _host(mean), _host(rstd)
         wa, ba = _affine(w, b, N)
         tpr, rpb = _rows_layout(N, _vec(x))
         _launch(_fn(x.dtype, "nf_rows_add_fwd", "true" if rms else "false"), _grid(_cdiv(M, rpb), tpr * rpb),
                 (tpr, rpb), (x, res, h, y, _i64(M), _i64(N), wa, ba, np.float64(eps), mean, rstd))
-        return mean, rstd
+        return _host(mean), _host(rstd)
 
     @staticmethod
-    def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db):
-        """Row-wise (Layer/RMS) backward.  Returns (dx or None, dw or None, db or None); dw/db float64."""
+    def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db, gh=None):
+        """Row-wise (Layer/RMS) backward (mean None: rms); gh (optional, M x N) is added to dx
+        inside the dx kernel.  Returns (dx or None, dw or None, db or None); dx on the device,
+        dw/db float64 NumPy."""
         cp = _cp()
-        x = _input(x)
         M, N = int(M), int(N)
-        if M * N != x.size:
-            raise ValueError(f"M * N = {M * N} does not match an array of {x.size} elements")
-        dy = _like(dy, x, "dy")
-        dx = cp.empty_like(x) if need_dx else None
-        dw = cp.zeros(N, dtype=cp.float64) if need_dw else None
-        db = cp.zeros(N, dtype=cp.float64) if need_db else None
+        shape = tuple(x.shape)
+        x, ldx = _rows_in(x, M, N, "x")
+        dy, ldg = _rows_in(dy, M, N, "dy", x.dtype)
+        dx = cp.empty(shape, dtype=x.dtype) if need_dx else None
+        dw = np.zeros(N, dtype=np.float64) if need_dw else None
+        db = np.zeros(N, dtype=np.float64) if need_db else None
         if M == 0 or N == 0:
             return dx, dw, db
         mean_a = _NULL if mean is None else _coef(mean, M, "mean")
         rstd_a = _coef(rstd, M, "rstd")
         w_a = _NULL if w is None else _coef(w, N, "w")
         if need_dx:
+            gh, ldh = (_NULL, _i64(0)) if gh is None else _rows_in(gh, M, N, "gh", x.dtype)
             tpr, rpb = _rows_layout(N, _vec(x))
             _launch(_fn(x.dtype, "nf_rows_bwd_dx"), _grid(_cdiv(M, rpb), tpr * rpb), (tpr, rpb),
-                    (x, dy, dx, _i64(M), _i64(N), mean_a, rstd_a, w_a))
+                    (x, _i64(ldx), dy, _i64(ldg), gh, _i64(ldh), dx, _i64(M), _i64(N), mean_a, rstd_a, w_a))
         if need_dw or need_db:
             LT, NT, R, K = _col_plan(1, M, N, cap=1 << 24)
-            pw = cp.empty((K, N), dtype=cp.float64) if need_dw else None
-            pb = cp.empty((K, N), dtype=cp.float64) if need_db else None
+            pw = cp.empty((K, N), dtype=cp.float64) if need_dw else _NULL
+            pb = cp.empty((K, N), dtype=cp.float64) if need_db else _NULL
             _launch(_fn(x.dtype, "nf_rows_dwdb"), _grid(K * NT, _THREADS), _THREADS,
-                    (x, dy, _i64(M), _i64(N), mean_a, rstd_a, _i64(R), _i64(K), np.int32(LT), _i64(NT),
-                     _NULL if pw is None else pw, _NULL if pb is None else pb))
+                    (x, _i64(ldx), dy, _i64(ldg), _i64(M), _i64(N), mean_a, rstd_a, _i64(R), _i64(K), np.int32(LT),
+                     _i64(NT), pw, pb))
             colsum = _fn(x.dtype, "nf_colsum")
-            for part, res in ((pw, dw), (pb, db)):
-                if part is not None:
-                    _launch(colsum, _grid(_cdiv(N, _THREADS), _THREADS), _THREADS, (part, _i64(K), _i64(N), res))
+            sums = []
+            for part in (pw, pb):
+                if part is not _NULL:
+                    o = cp.empty(N, dtype=cp.float64)
+                    _launch(colsum, _grid(_cdiv(N, _THREADS), _THREADS), _THREADS, (part, _i64(K), _i64(N), o))
+                    sums.append(_host(o))
+                else:
+                    sums.append(None)
+            dw, db = sums
         return dx, dw, db

@@ -3,7 +3,9 @@
  *   KIND 2: (n, sum dy, sum dy * (x - m[a, c]))
  * Each (a, c) is split over several blocks ("units") writing partials to a
  * buffer; nf_merge combines them in a fixed order (no atomics), so a
- * BatchNorm with few channels still fills the GPU.
+ * BatchNorm with few channels still fills the GPU.  Everything is accumulated
+ * in float64 (see common.cuh): KIND 2 sums exact products dy * (x - m) with
+ * x - m formed in float64.
  *
  * Row mode (D >= 32): the B segments x[a][b][c][:] of (a, c), cut in pieces of
  * P values (pps pieces per segment), are dealt to K units of ppu consecutive
@@ -16,55 +18,52 @@
  */
 #include "common.cuh"
 
-template <typename A, int KIND> struct nf_red_op { typedef nf_chan type; };
-template <typename A> struct nf_red_op<A, 2> { typedef nf_add type; };
-
 template <typename T, int KIND>
 __global__ void __launch_bounds__(256)
 nf_reduce_row(const T *x, const T *dy, const double *m, nf_i64 A_, nf_i64 B, nf_i64 C, nf_i64 D, nf_i64 P,
               nf_i64 pps, nf_i64 ppu, nf_i64 K, int TPS, double *part)
 {
     typedef typename nf_acc<T>::type A;
-    typedef typename nf_red_op<A, KIND>::type Op;
-    __shared__ nf_s3<A> sh[32];
-    __shared__ nf_s3<A> res[32];
+    __shared__ nf_s3<double> sh[32];
+    __shared__ nf_s3<double> res[32];
     const int t = threadIdx.x, tx = t % TPS, ty = t / TPS, spb = blockDim.x / TPS;
     const nf_i64 L = C * D, S = A_ * C, U = S * K, np = B * pps;
     for (nf_i64 u = blockIdx.x; u < U; u += gridDim.x) {
         const nf_i64 s = nf_div(u, K), kk = u - s * K, a = nf_div(s, C), c = s - a * C;
         const nf_i64 base = a * B * L + c * D;
         const nf_i64 p0 = kk * ppu, p1 = nf_min(p0 + ppu, np);
-        A k = A(0), mh = A(0), ml = A(0);
+        double k = 0.0;
         if (KIND == 0) {
             const nf_i64 b0 = nf_div(p0, pps);
-            k = nf_cvt<T>::to(x[base + b0 * L + (p0 - b0 * pps) * P]);
+            k = (double)nf_cvt<T>::to(x[base + b0 * L + (p0 - b0 * pps) * P]);
         }
-        if (KIND == 2) nf_split(m[s], mh, ml);
-        nf_moments<A> st;
-        st.init();
-        nf_s3<A> sums = nf_zero3<A>();
+        const double md = KIND == 2 ? m[s] : 0.0;
+        nf_moments st;
+        st.init(k);
+        nf_s3<double> sums = nf_zero3<double>();
         for (nf_i64 p = p0 + ty; p < p1; p += spb) {
             const nf_i64 b = nf_div(p, pps), off = (p - b * pps) * P, len = nf_min(P, D - off);
             const nf_i64 o = base + b * L + off;
             if (KIND == 2)
                 nf_for2(x + o, dy + o, len, tx, TPS, [&](nf_i64, A v, A g) {
-                    sums.b += g;
-                    sums.c += g * ((v - mh) - ml);
+                    sums.b += (double)g;
+                    sums.c += (double)g * ((double)v - md);
                 });
             else if (KIND == 1)
-                nf_for(x + o, len, tx, TPS, [&](nf_i64, A v) { st.push_sq(v); });
+                nf_for(x + o, len, tx, TPS, [&](nf_i64, A v) { st.push_sq((double)v); });
             else
-                nf_for(x + o, len, tx, TPS, [&](nf_i64, A v) { st.push(v - k); });
+                nf_for(x + o, len, tx, TPS, [&](nf_i64, A v) { st.push((double)v); });
         }
-        const nf_s3<A> r = nf_group_reduce(KIND == 2 ? sums : st.get(), Op(), sh, res);
+        nf_s3<double> r = nf_group_reduce(KIND == 2 ? sums : st.sums(), nf_add(), sh, res);
+        if (KIND != 2) r = nf_moments_of(r, k);
         if (t == 0) {
             /* exact count: ppu pieces of P, less the short last piece of each segment */
             const nf_i64 lasts = nf_div(p1, pps) - nf_div(p0, pps);
             const double n = (double)((p1 - p0) * P - lasts * (pps * P - D));
             double *o = part + 3 * u;
             o[0] = n;
-            o[1] = KIND == 0 ? (double)k + (double)r.b : KIND == 1 ? 0.0 : (double)r.b;
-            o[2] = (double)r.c;
+            o[1] = KIND == 1 ? 0.0 : r.b;
+            o[2] = r.c;
         }
     }
 }
@@ -74,10 +73,8 @@ __global__ void __launch_bounds__(256)
 nf_reduce_col(const T *x, const T *dy, const double *m, nf_i64 A_, nf_i64 B, nf_i64 C, nf_i64 D, nf_i64 R,
               nf_i64 K, int LT, nf_i64 NT, double *part)
 {
-    typedef typename nf_acc<T>::type A;
-    typedef typename nf_red_op<A, KIND>::type Op;
     typedef nf_cvt<T> CV;
-    __shared__ nf_s3<A> sh[256];
+    __shared__ nf_s3<double> sh[256];
     const int t = threadIdx.x, lx = t % LT, ry = t / LT, rpp = blockDim.x / LT;
     const nf_i64 L = C * D, U = A_ * K * NT;
     for (nf_i64 u = blockIdx.x; u < U; u += gridDim.x) {
@@ -86,35 +83,34 @@ nf_reduce_col(const T *x, const T *dy, const double *m, nf_i64 A_, nf_i64 B, nf_
         const bool ok = ry < rpp && l < L;
         const nf_i64 b0 = kk * R, b1 = nf_min(b0 + R, B);
         const T *X = x + a * B * L + l;
-        A k = A(0), mh = A(0), ml = A(0);
-        nf_moments<A> st;
-        st.init();
-        nf_s3<A> sums = nf_zero3<A>();
+        nf_moments st;
+        st.init(ok && KIND == 0 ? (double)CV::to(X[b0 * L]) : 0.0);
+        nf_s3<double> sums = nf_zero3<double>();
         if (ok) {
-            if (KIND == 0) k = CV::to(X[b0 * L]);
             if (KIND == 2) {
-                nf_split(m[a * C + nf_div(l, D)], mh, ml);
+                const double md = m[a * C + nf_div(l, D)];
                 const T *G = dy + a * B * L + l;
                 for (nf_i64 b = b0 + ry; b < b1; b += rpp) {
-                    const A v = CV::to(X[b * L]), g = CV::to(G[b * L]);
+                    const double v = (double)CV::to(X[b * L]), g = (double)CV::to(G[b * L]);
                     sums.b += g;
-                    sums.c += g * ((v - mh) - ml);
+                    sums.c += g * (v - md);
                 }
             } else if (KIND == 1) {
-                for (nf_i64 b = b0 + ry; b < b1; b += rpp) st.push_sq(CV::to(X[b * L]));
+                for (nf_i64 b = b0 + ry; b < b1; b += rpp) st.push_sq((double)CV::to(X[b * L]));
             } else {
-                for (nf_i64 b = b0 + ry; b < b1; b += rpp) st.push(CV::to(X[b * L]) - k);
+                for (nf_i64 b = b0 + ry; b < b1; b += rpp) st.push((double)CV::to(X[b * L]));
             }
         }
-        sh[t] = KIND == 2 ? sums : st.get();
+        sh[t] = KIND == 2 ? sums : st.sums();
         __syncthreads();
         if (ok && ry == 0) {
-            nf_s3<A> r = sh[lx];
-            for (int j = 1; j < rpp; ++j) r = Op()(r, sh[j * LT + lx]);
+            nf_s3<double> r = sh[lx];
+            for (int j = 1; j < rpp; ++j) r = nf_add()(r, sh[j * LT + lx]);
+            if (KIND != 2) r = nf_moments_of(r, st.k);
             double *o = part + 3 * ((a * K + kk) * L + l);
             o[0] = (double)(b1 - b0);
-            o[1] = KIND == 0 ? (double)k + (double)r.b : KIND == 1 ? 0.0 : (double)r.b;
-            o[2] = (double)r.c;
+            o[1] = KIND == 1 ? 0.0 : r.b;
+            o[2] = r.c;
         }
         __syncthreads();
     }
