@@ -31,6 +31,7 @@ Threads: on ``dask.distributed`` workers the kernels run single-threaded (the na
 scheduler every task may also start normfast's OpenMP threads; call
 ``normfast.set_num_threads(1)`` to avoid oversubscribing the cores.
 """
+import functools
 import math
 import numbers
 
@@ -100,13 +101,42 @@ def _to_numpy(a):
 
 # --------------------------------------------------------------------------- statistics reduction
 
-def _block_stats(block, axis, keepdims=True, **kwargs):
+def _nan_stats(block, axis, bad):
+    """(count, mean, M2) ignoring NaN, of the kept positions `bad` (a boolean mask of the
+    kept shape) of a NumPy block, in float64.
+
+    Scalar math per position (corrected two-pass over the non-NaN values v, n of them)::
+
+        c = sum(v) / n;  d = v - c;  s = sum(d)
+        mean = c + s / n;  M2 = sum(d**2) - s**2 / n
+    """
+    kept = [i for i in range(block.ndim) if i not in axis]
+    rows = np.moveaxis(block, list(axis), list(range(len(kept), block.ndim)))
+    rows = rows.reshape(bad.shape + (-1,))[bad].astype(np.float64)
+    ok = ~np.isnan(rows)
+    n = ok.sum(axis=1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(ok, rows, 0.0).sum(axis=1) / n
+        d = np.where(ok, rows - c[:, None], 0.0)
+        s = d.sum(axis=1)
+        mean = c + s / n
+        m2 = np.maximum((d * d).sum(axis=1) - s * s / n, 0.0)
+    return n, np.where(n > 0, mean, np.nan), np.where(n > 0, m2, 0.0)
+
+
+def _block_stats(block, axis, keepdims=True, skipna=False, **kwargs):
     """Dask `chunk` step: (count, mean, M2) of one block over `axis`, as a STATS_DTYPE array
-    with the block's shape and 1 on the reduced axes."""
+    with the block's shape and 1 on the reduced axes.  `skipna`: NaN values are left out
+    (the positions whose kernel result is not finite are recomputed by :func:`_nan_stats`)."""
     axis = tuple(axis)
     shape = tuple(1 if i in axis else s for i, s in enumerate(block.shape))
     if isinstance(block, np.ndarray):
         count, mean, m2, _ = _count_mean_m2(block, axis)
+        if skipna:
+            bad = ~(np.isfinite(mean) & np.isfinite(m2)) if count else np.zeros(mean.shape, bool)
+            count = np.full(mean.shape, float(count))
+            if bad.any():
+                count[bad], mean[bad], m2[bad] = _nan_stats(block, axis, bad)
     else:
         # Foreign chunk (CuPy, ...): the generic top-level function, in float64.
         import normfast
@@ -152,14 +182,15 @@ def _point_stats(block):
     return out
 
 
-def _stats(x, axes, keepdims=False, split_every=None):
+def _stats(x, axes, keepdims=False, split_every=None, skipna=False):
     """Lazy STATS_DTYPE Dask array: the merged (count, mean, M2) of x over `axes` (float64),
-    chunked like x's kept axes.  x is read once."""
+    chunked like x's kept axes.  x is read once.  `skipna`: NaN values are left out."""
     if not axes:
         st = x.map_blocks(_point_stats, dtype=STATS_DTYPE, meta=np.empty((0,) * x.ndim, STATS_DTYPE))
         return st
     meta = np.empty((0,) * (x.ndim if keepdims else x.ndim - len(axes)), dtype=STATS_DTYPE)
-    return da.reduction(x, _block_stats, _merge_stats, combine=_merge_stats, axis=axes, keepdims=keepdims,
+    chunk = functools.partial(_block_stats, skipna=True) if skipna else _block_stats
+    return da.reduction(x, chunk, _merge_stats, combine=_merge_stats, axis=axes, keepdims=keepdims,
                         dtype=STATS_DTYPE, split_every=split_every, concatenate=False, meta=meta,
                         name="normfast-moments")
 
@@ -221,20 +252,31 @@ def moments(x, axis=None, *, correction=0, keepdims=False, return_count=False, s
     return mean, var, count
 
 
-def moments_state(x, axis=0, *, split_every=None):
-    """The float64 :class:`normfast.Moments` (count, mean, M2) of ``x`` over ``axis``, computed now.
+def _state_of(st, scalar):
+    st = st.reshape(()) if scalar else st
+    return Moments(st["count"], st["mean"], st["m2"])
 
-    One read of ``x`` (``dask.compute``).  The state merges with other states
+
+def moments_state(x, axis=0, *, split_every=None, skipna=False, compute=True):
+    """The float64 :class:`normfast.Moments` (count, mean, M2) of ``x`` over ``axis``.
+
+    The Dask counterpart of :meth:`normfast.Moments.from_array` (which takes in-memory
+    arrays).  ``compute=True`` (default): computed now, in one read of ``x``
+    (``dask.compute``), and returned as a ``Moments``.  ``compute=False``: a lazy
+    ``dask.delayed`` object that computes to that ``Moments`` (compute it together with
+    other results to share the read of ``x``).  The state merges with other states
     (:meth:`~normfast.Moments.merge`, e.g. other datasets or shards) and pickles compactly.
-    ``count`` is broadcast to the statistics' shape.
+    ``count`` is broadcast to the statistics' shape.  ``skipna=True`` leaves NaN values out
+    (``count`` is then per position).
     """
     x = _check_array(x, "moments_state")
     axes = _reduced_axes(x, axis)
     xx = x.reshape((1,)) if x.ndim == 0 else x
-    (st,) = dask.compute(_stats(xx, axes or (0,), False, split_every))
-    if x.ndim == 0:
-        st = st.reshape(())
-    return Moments(st["count"], st["mean"], st["m2"])
+    st = _stats(xx, axes or (0,), False, split_every, skipna)
+    if not compute:
+        return dask.delayed(_state_of, pure=True)(st, x.ndim == 0)
+    (st,) = dask.compute(st)
+    return _state_of(st, x.ndim == 0)
 
 
 # --------------------------------------------------------------------------- applying statistics
