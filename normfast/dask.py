@@ -47,7 +47,10 @@ from ._batch_norm import channel_dims
 from ._layer_norm import normalized_axes
 from ._moments import Moments, _count_mean_m2
 
-__all__ = ["STATS_DTYPE", "batch_norm", "group_norm", "layer_norm", "moments", "moments_state", "standardize"]
+__all__ = ["STATS_DTYPE", "add_layer_norm_backward", "add_rms_norm_backward", "batch_norm", "batch_norm_backward",
+           "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward", "layer_norm",
+           "layer_norm_backward", "moments", "moments_state", "normalize", "rms_norm", "rms_norm_backward",
+           "standardize"]
 
 #: dtype of the partial / merged statistics (one record per kept position).
 STATS_DTYPE = np.dtype([("count", np.float64), ("mean", np.float64), ("m2", np.float64)])
@@ -355,7 +358,12 @@ def _bn_block(block, mean, var, w, b, eps, ca):
     return normfast.batch_norm(block, mean, var, w, b, training=False, eps=eps, channel_axis=ca)
 
 
+_ONE_VALUE = "Expected more than 1 value per channel when training, got input size {}"
+
+
 def _bn_stats_block(block, st, w, b, eps, ca):
+    if st.size and np.any(st["count"] == 1):   # lazy graph, unknown chunk sizes: checked when computed
+        raise ValueError(_ONE_VALUE.format(tuple(block.shape)))
     with np.errstate(divide="ignore", invalid="ignore"):
         var = st["m2"] / st["count"]
     return _bn_block(block, st["mean"], var, w, b, eps, ca)
@@ -392,17 +400,21 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     inds = tuple(range(x.ndim))
     wd, bd = _channel_chunks(w, ch), _channel_chunks(b, ch)
     if training:
-        if _known(B, D) and B * D <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        if _known(B, D) and B * D == 1:
+            raise ValueError(_ONE_VALUE.format(tuple(x.shape)))
         red = tuple(i for i in inds if i != ca)
         st = _stats(x, red, False, split_every)
         track = rm is not None or rv is not None or num_batches_tracked is not None
         st = _maybe_compute(st, compute_stats or track)
         if track:
             s = st.compute()                      # already a constant: no work
-            f = _running.momentum_factor(momentum, num_batches_tracked)
-            _running.update(rm, s["mean"], f)
-            _running.update(rv, s["m2"] / (s["count"] - 1), f)
+            n = float(s["count"].flat[0]) if s.size else 0.0
+            if n == 1:                            # unknown chunk sizes: checked on the computed count
+                raise ValueError(_ONE_VALUE.format(tuple(x.shape)))
+            if n > 0:                             # empty batch: buffers untouched (as torch / NumPy)
+                f = _running.momentum_factor(momentum, num_batches_tracked)
+                _running.update(rm, s["mean"], f)
+                _running.update(rv, s["m2"] / (s["count"] - 1), f)
         return da.blockwise(_bn_stats_block, inds, x, inds, st, (ca,), *_bw_arg(wd, (ca,)), *_bw_arg(bd, (ca,)),
                             eps=eps, ca=ca, dtype=x.dtype, meta=x._meta, token="normfast-batch_norm")
     if rm is None or rv is None:
@@ -498,10 +510,52 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
                         eps=eps, ca=ca, dtype=x.dtype, meta=x._meta, token="normfast-group_norm")
 
 
-def normalize(x, axis=-1, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
-    """``normfast.normalize`` for Dask arrays: standardization over ``axis`` (biased variance,
-    ``eps`` added), lazy.  Weight/bias, ``out=`` and ``return_stats`` are not supported here."""
-    if weight is not None or bias is not None or out is not None or return_stats:
-        raise TypeError("normalize on a Dask array supports no weight, bias, out or return_stats; "
-                        "apply the affine with Dask arithmetic")
-    return standardize(x, axis, eps=eps)
+def _affine_block(block, st, w, b, red_axes, eps):
+    """(x - mean) * rstd * w + b on one block, in float64, w/b over the reduced axes."""
+    red = tuple(red_axes)
+    kept_shape = tuple(1 if i in red else n for i, n in enumerate(block.shape))
+    red_shape = tuple(n if i in red else 1 for i, n in enumerate(block.shape))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rstd = 1.0 / np.sqrt(_var_block(st, 0) + eps)
+    y = (_to_numpy(block) - st["mean"].reshape(kept_shape)) * rstd.reshape(kept_shape)
+    if w is not None:
+        y = y * _to_numpy(w).reshape(red_shape)
+    if b is not None:
+        y = y + _to_numpy(b).reshape(red_shape)
+    y = y.astype(block.dtype)
+    return y if isinstance(block, np.ndarray) else _like(y, block)
+
+
+def normalize(x, axis=-1, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False, compute_stats=False,
+              split_every=None):
+    """``normfast.normalize`` for Dask arrays: ``(x - mean) / sqrt(var + eps) * weight + bias``
+    over ``axis`` (biased variance), lazy.
+
+    weight, bias : optional NumPy arrays of shape ``x.shape[axis]`` (the normalized axes, in
+    increasing axis order), applied in float64 on every chunk (chunked like x's normalized
+    axes).  Statistics: one read of x (:func:`moments`' reduction).  ``out=`` and
+    ``return_stats`` are not supported on Dask arrays.
+    """
+    if out is not None or return_stats:
+        raise TypeError("normalize on a Dask array supports no out or return_stats")
+    if weight is None and bias is None:
+        return standardize(x, axis, eps=eps, compute_stats=compute_stats, split_every=split_every)
+    x = _check_array(x, "normalize")
+    axes = normalize_axes(axis, x.ndim)
+    shape = tuple(x.shape[i] for i in axes)
+    w = check_param(weight, shape, "weight")
+    b = check_param(bias, shape, "bias")
+    eps = check_eps(eps)
+    st = _maybe_compute(_stats(x, axes, False, split_every), compute_stats)
+    inds = tuple(range(x.ndim))
+    kept = tuple(i for i in inds if i not in axes)
+    pchunks = tuple(x.chunks[i] for i in axes)
+    wd = None if w is None else da.from_array(w, chunks=pchunks)
+    bd = None if b is None else da.from_array(b, chunks=pchunks)
+    return da.blockwise(_affine_block, inds, x, inds, st, kept, *_bw_arg(wd, axes), *_bw_arg(bd, axes),
+                        red_axes=axes, eps=eps, dtype=x.dtype, meta=x._meta, token="normfast-normalize")
+
+
+from ._dask_ops import (add_layer_norm_backward, add_rms_norm_backward, batch_norm_backward,  # noqa: E402
+                        group_norm_backward, instance_norm, instance_norm_backward, layer_norm_backward,
+                        rms_norm, rms_norm_backward)
