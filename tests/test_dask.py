@@ -509,3 +509,28 @@ def test_batch_norm_unknown_chunk_sizes_checks_batch_size():
     assert np.all(rm2 == 0) and np.all(rv2 == 1)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         nd.batch_norm(da.ones((1, 4), chunks=(1, 4)), training=True)
+
+
+def test_new_ops_lazy_and_one_read_per_chunk():
+    calls = []
+
+    def gen(block_info=None):
+        calls.append(1)
+        loc = block_info[None]["chunk-location"]
+        seed = 100 + loc[0] * 10 + loc[1]
+        return np.random.default_rng(seed).normal(size=block_info[None]["chunk-shape"])
+
+    x = da.map_blocks(gen, chunks=((4, 4, 3), (3, 3), (5,)), dtype=np.float64, meta=np.empty((0, 0, 0)))
+    a = x.compute()
+    calls.clear()
+    g = np.random.default_rng(0).normal(size=a.shape)
+    w = np.linspace(0.5, 1.5, 5)
+    _, mean, rstd = normfast.layer_norm(a, 5, w, return_stats=True)
+    outs = [nd.rms_norm(x, 5), nd.instance_norm(x), nd.normalize(x, 0, np.ones((11,)), None),
+            *nd.layer_norm_backward(da.from_array(g, chunks=x.chunks), x, mean, rstd, 5, w)]
+    assert all(isinstance(o, da.Array) for o in outs) and calls == []           # nothing computed yet
+    gx, gw, gb = dask.compute(*outs[3:])
+    assert len(calls) == 6                                                       # each of the 6 chunks once
+    ref = normfast.layer_norm_backward(g, a, mean, rstd, 5, w)
+    for got, r in zip((gx, gw, gb), ref):
+        np.testing.assert_allclose(got, r, rtol=1e-12, atol=1e-12)

@@ -186,8 +186,13 @@ def test_dask_fit_one_pass_and_lazy_transform():
     da = pytest.importorskip("dask.array")
     X = _shifted((20000, 4), seed=11, loc=1e3, scale=1.0, dtype=np.float32)
     X[::9, 2] = np.nan
-    x = da.from_array(X, chunks=(3000, 2))
+    reads = []
+    x = da.from_array(X, chunks=(3000, 2)).map_blocks(lambda b: reads.append(1) or b, dtype=X.dtype,
+                                                      meta=np.empty((0, 0), X.dtype))
     s = StandardScaler().fit(x)
+    assert len(reads) == 7 * 2                                   # one read of each of the 7 x 2 chunks
+    z = s.transform(x)
+    assert len(reads) == 14                                      # transform is lazy
     n, mean, var = _ref(X)
     np.testing.assert_array_equal(s.n_samples_seen_, n.astype(np.int64))
     assert np.max(np.abs(s.mean_ - mean.astype(np.float64))) <= 2 * float(np.spacing(1e3))
@@ -202,3 +207,27 @@ def test_dask_fit_one_pass_and_lazy_transform():
     np.testing.assert_allclose(p.mean_, s.mean_, rtol=1e-15)
     with pytest.raises(ValueError, match="features"):
         s.transform(x[:, :3])
+
+
+def test_bench_pipeline_scenario(monkeypatch, tmp_path, capsys):
+    """`python -m normfast bench --scenario pipeline` on small sizes: every peer runs, normfast's
+    statistics meet the issue's accuracy, passes are counted."""
+    import json
+    pytest.importorskip("dask.array")
+    from normfast import bench, bench_pipeline as bp
+    monkeypatch.setattr(bp, "SKLEARN_SHAPE", (20000, 4))
+    monkeypatch.setattr(bp, "DASK_SHAPE", (40000, 3))
+    monkeypatch.setattr(bp, "DASK_CHUNK_ROWS", 10000)
+    out = tmp_path / "r.json"
+    assert bench.main(["--scenario", "pipeline", "--reps", "1", "--json", str(out)]) == 0
+    assert "normfast partial_fit x10" in capsys.readouterr().out
+    rows = {(r["case"], r["what"]): r for r in json.loads(out.read_text())["results"]}
+    for key in (("sklearn", "normfast fit"), ("sklearn", "normfast partial_fit x10"), ("dask", "normfast fit")):
+        assert rows[key]["mean_err_ulp"] <= 2 and rows[key]["var_rel_err"] <= 1e-8, key
+    assert rows["sklearn", "normfast fit"]["passes"] == 1 and rows["sklearn", "sklearn fit"]["passes"] > 1
+    assert rows["dask", "normfast fit"]["passes"] == 1                 # measured chunk reads
+    assert rows["dask", "normfast fit+transform"]["passes"] == 2
+    # z = (x - mean) / std with std = 1e-2 * mean / 1e8: 2 ulps of the mean are 2.3e-8 std
+    assert rows["sklearn", "normfast transform"]["z_err_std"] <= 2 * np.spacing(1e6) / 1e-2
+    assert rows["dask", "normfast fit+transform"]["z_err_std"] <= 1e-6
+    assert ("dask", "dask-ml fit") in rows or pytest.importorskip("dask_ml") is None
