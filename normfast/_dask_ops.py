@@ -28,7 +28,7 @@ from ._batch_norm import channel_dims
 from ._checks import check_eps, check_int, check_momentum, check_param
 from ._group_norm import sample_channel_dims
 from ._layer_norm import normalized_axes
-from .dask import (_ONE_VALUE, _bn_block, _bw_arg, _channel_chunks, _check_array, _gn_block, _like, _maybe_compute,
+from .dask import (_bn_block, _bw_arg, _channel_chunks, _check_array, _gn_block, _like, _maybe_compute,
                    _stats, _to_numpy)
 
 

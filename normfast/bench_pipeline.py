@@ -111,7 +111,8 @@ def sklearn_case(shape, reps, seed):
                          mean_err_ulp=ulp, var_rel_err=vrel, z_err_std=None))
     for name, est, passes in (("normfast transform", nf_s, 2), ("sklearn transform", sk_s, 4)):
         rows.append(dict(case="sklearn", what=name, time_s=t[name], speedup=t[name] / t[_nf(name)], passes=passes,
-                         mean_err_ulp=None, var_rel_err=None, z_err_std=_z_error(est.transform(X[:200_000]), X, rm, rv)))
+                         mean_err_ulp=None, var_rel_err=None,
+                         z_err_std=_z_error(est.transform(X[:200_000]), X, rm, rv)))
     return rows
 
 
@@ -209,11 +210,12 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-FOOTNOTES = """time s: median over interleaved repetitions.  peer/nf: this row's time / normfast's same
-operation (> 1: normfast is faster).  passes: reads of the data (Dask: measured chunk reads / chunks;
-in memory: passes over X-sized arrays by the algorithm, see normfast.bench_pipeline's docstring).  mean err ulp: max over
-features of |mean - exact| / ulp(exact) (float64 ulps, also for float32 data).  var rel err: max |var / exact - 1|.  z err (std): max
-|z - exact z| over the first 200 000 rows, in standard deviations."""
+FOOTNOTES = """time s: median over interleaved repetitions.  peer/nf: this row's time / normfast's
+same operation (> 1: normfast is faster).  passes: reads of the data (Dask: measured chunk reads /
+chunks; in memory: passes over X-sized arrays by the algorithm, see normfast.bench_pipeline).
+mean err ulp: max over features of |mean - exact| / ulp(exact) (float64 ulps, also for float32
+data).  var rel err: max |var / exact - 1|.  z err (std): max |z - exact z| over the first
+200 000 rows, in standard deviations."""
 
 
 def run(args):

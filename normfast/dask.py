@@ -22,6 +22,14 @@ cluster's memory pass ``compute_stats=True``: the statistics are computed at cal
 (``dask.compute``) and enter the returned graph as constants, so the input is read twice
 (now and when the result is computed) but never has to be held.
 
+Coverage: :func:`moments`, :func:`moments_state` (the Dask counterpart of
+``Moments.from_array``: computed now, or a delayed ``Moments`` with ``compute=False``),
+:func:`standardize`, :func:`normalize` (with weight / bias), :func:`batch_norm`,
+:func:`layer_norm`, :func:`group_norm`, and from ``normfast._dask_ops`` ``rms_norm``,
+``instance_norm`` and every ``*_backward`` (one task per chunk computes ``grad_x`` and the
+chunk's parameter-gradient partials; see that module).  ``normfast.<op>(dask_array, ...)``
+dispatches here.
+
 Chunks that are not NumPy arrays (e.g. CuPy) are handed to normfast's generic top-level
 functions (``normfast.moments``, ``normfast.batch_norm``, ``normfast.layer_norm``), cast to
 float64 for the statistics; the partial statistics always come back to host NumPy.
