@@ -1068,6 +1068,9 @@ def make_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and of the interleaving order")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing peers")
+    p.add_argument("--scenario", choices=("kernels", "pipeline"), default="kernels",
+                   help="kernels: the operators against NumPy/PyTorch/CuPy (default); pipeline: "
+                        "StandardScaler against scikit-learn, dask-ml and plain Dask (normfast.bench_pipeline)")
     return p
 
 
@@ -1114,6 +1117,9 @@ def main(argv=None):
     try:
         if args.threads is not None:
             nf.set_num_threads(args.threads)
+        if args.scenario == "pipeline":
+            from . import bench_pipeline
+            return bench_pipeline.run(args)
         threads = nf.get_num_threads()
         if env.torch is not None:
             try:

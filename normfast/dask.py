@@ -22,6 +22,14 @@ cluster's memory pass ``compute_stats=True``: the statistics are computed at cal
 (``dask.compute``) and enter the returned graph as constants, so the input is read twice
 (now and when the result is computed) but never has to be held.
 
+Coverage: :func:`moments`, :func:`moments_state` (the Dask counterpart of
+``Moments.from_array``: computed now, or a delayed ``Moments`` with ``compute=False``),
+:func:`standardize`, :func:`normalize` (with weight / bias), :func:`batch_norm`,
+:func:`layer_norm`, :func:`group_norm`, and from ``normfast._dask_ops`` ``rms_norm``,
+``instance_norm`` and every ``*_backward`` (one task per chunk computes ``grad_x`` and the
+chunk's parameter-gradient partials; see that module).  ``normfast.<op>(dask_array, ...)``
+dispatches here.
+
 Chunks that are not NumPy arrays (e.g. CuPy) are handed to normfast's generic top-level
 functions (``normfast.moments``, ``normfast.batch_norm``, ``normfast.layer_norm``), cast to
 float64 for the statistics; the partial statistics always come back to host NumPy.
@@ -31,6 +39,7 @@ Threads: on ``dask.distributed`` workers the kernels run single-threaded (the na
 scheduler every task may also start normfast's OpenMP threads; call
 ``normfast.set_num_threads(1)`` to avoid oversubscribing the cores.
 """
+import functools
 import math
 import numbers
 
@@ -46,7 +55,10 @@ from ._batch_norm import channel_dims
 from ._layer_norm import normalized_axes
 from ._moments import Moments, _count_mean_m2
 
-__all__ = ["STATS_DTYPE", "batch_norm", "group_norm", "layer_norm", "moments", "moments_state", "standardize"]
+__all__ = ["STATS_DTYPE", "add_layer_norm_backward", "add_rms_norm_backward", "batch_norm", "batch_norm_backward",
+           "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward", "layer_norm",
+           "layer_norm_backward", "moments", "moments_state", "normalize", "rms_norm", "rms_norm_backward",
+           "standardize"]
 
 #: dtype of the partial / merged statistics (one record per kept position).
 STATS_DTYPE = np.dtype([("count", np.float64), ("mean", np.float64), ("m2", np.float64)])
@@ -100,13 +112,42 @@ def _to_numpy(a):
 
 # --------------------------------------------------------------------------- statistics reduction
 
-def _block_stats(block, axis, keepdims=True, **kwargs):
+def _nan_stats(block, axis, bad):
+    """(count, mean, M2) ignoring NaN, of the kept positions `bad` (a boolean mask of the
+    kept shape) of a NumPy block, in float64.
+
+    Scalar math per position (corrected two-pass over the non-NaN values v, n of them)::
+
+        c = sum(v) / n;  d = v - c;  s = sum(d)
+        mean = c + s / n;  M2 = sum(d**2) - s**2 / n
+    """
+    kept = [i for i in range(block.ndim) if i not in axis]
+    rows = np.moveaxis(block, list(axis), list(range(len(kept), block.ndim)))
+    rows = rows.reshape(bad.shape + (-1,))[bad].astype(np.float64)
+    ok = ~np.isnan(rows)
+    n = ok.sum(axis=1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(ok, rows, 0.0).sum(axis=1) / n
+        d = np.where(ok, rows - c[:, None], 0.0)
+        s = d.sum(axis=1)
+        mean = c + s / n
+        m2 = np.maximum((d * d).sum(axis=1) - s * s / n, 0.0)
+    return n, np.where(n > 0, mean, np.nan), np.where(n > 0, m2, 0.0)
+
+
+def _block_stats(block, axis, keepdims=True, skipna=False, **kwargs):
     """Dask `chunk` step: (count, mean, M2) of one block over `axis`, as a STATS_DTYPE array
-    with the block's shape and 1 on the reduced axes."""
+    with the block's shape and 1 on the reduced axes.  `skipna`: NaN values are left out
+    (the positions whose kernel result is not finite are recomputed by :func:`_nan_stats`)."""
     axis = tuple(axis)
     shape = tuple(1 if i in axis else s for i, s in enumerate(block.shape))
     if isinstance(block, np.ndarray):
         count, mean, m2, _ = _count_mean_m2(block, axis)
+        if skipna:
+            bad = ~(np.isfinite(mean) & np.isfinite(m2)) if count else np.zeros(mean.shape, bool)
+            count = np.full(mean.shape, float(count))
+            if bad.any():
+                count[bad], mean[bad], m2[bad] = _nan_stats(block, axis, bad)
     else:
         # Foreign chunk (CuPy, ...): the generic top-level function, in float64.
         import normfast
@@ -152,14 +193,15 @@ def _point_stats(block):
     return out
 
 
-def _stats(x, axes, keepdims=False, split_every=None):
+def _stats(x, axes, keepdims=False, split_every=None, skipna=False):
     """Lazy STATS_DTYPE Dask array: the merged (count, mean, M2) of x over `axes` (float64),
-    chunked like x's kept axes.  x is read once."""
+    chunked like x's kept axes.  x is read once.  `skipna`: NaN values are left out."""
     if not axes:
         st = x.map_blocks(_point_stats, dtype=STATS_DTYPE, meta=np.empty((0,) * x.ndim, STATS_DTYPE))
         return st
     meta = np.empty((0,) * (x.ndim if keepdims else x.ndim - len(axes)), dtype=STATS_DTYPE)
-    return da.reduction(x, _block_stats, _merge_stats, combine=_merge_stats, axis=axes, keepdims=keepdims,
+    chunk = functools.partial(_block_stats, skipna=True) if skipna else _block_stats
+    return da.reduction(x, chunk, _merge_stats, combine=_merge_stats, axis=axes, keepdims=keepdims,
                         dtype=STATS_DTYPE, split_every=split_every, concatenate=False, meta=meta,
                         name="normfast-moments")
 
@@ -221,20 +263,31 @@ def moments(x, axis=None, *, correction=0, keepdims=False, return_count=False, s
     return mean, var, count
 
 
-def moments_state(x, axis=0, *, split_every=None):
-    """The float64 :class:`normfast.Moments` (count, mean, M2) of ``x`` over ``axis``, computed now.
+def _state_of(st, scalar):
+    st = st.reshape(()) if scalar else st
+    return Moments(st["count"], st["mean"], st["m2"])
 
-    One read of ``x`` (``dask.compute``).  The state merges with other states
+
+def moments_state(x, axis=0, *, split_every=None, skipna=False, compute=True):
+    """The float64 :class:`normfast.Moments` (count, mean, M2) of ``x`` over ``axis``.
+
+    The Dask counterpart of :meth:`normfast.Moments.from_array` (which takes in-memory
+    arrays).  ``compute=True`` (default): computed now, in one read of ``x``
+    (``dask.compute``), and returned as a ``Moments``.  ``compute=False``: a lazy
+    ``dask.delayed`` object that computes to that ``Moments`` (compute it together with
+    other results to share the read of ``x``).  The state merges with other states
     (:meth:`~normfast.Moments.merge`, e.g. other datasets or shards) and pickles compactly.
-    ``count`` is broadcast to the statistics' shape.
+    ``count`` is broadcast to the statistics' shape.  ``skipna=True`` leaves NaN values out
+    (``count`` is then per position).
     """
     x = _check_array(x, "moments_state")
     axes = _reduced_axes(x, axis)
     xx = x.reshape((1,)) if x.ndim == 0 else x
-    (st,) = dask.compute(_stats(xx, axes or (0,), False, split_every))
-    if x.ndim == 0:
-        st = st.reshape(())
-    return Moments(st["count"], st["mean"], st["m2"])
+    st = _stats(xx, axes or (0,), False, split_every, skipna)
+    if not compute:
+        return dask.delayed(_state_of, pure=True)(st, x.ndim == 0)
+    (st,) = dask.compute(st)
+    return _state_of(st, x.ndim == 0)
 
 
 # --------------------------------------------------------------------------- applying statistics
@@ -313,7 +366,12 @@ def _bn_block(block, mean, var, w, b, eps, ca):
     return normfast.batch_norm(block, mean, var, w, b, training=False, eps=eps, channel_axis=ca)
 
 
+_ONE_VALUE = "Expected more than 1 value per channel when training, got input size {}"
+
+
 def _bn_stats_block(block, st, w, b, eps, ca):
+    if st.size and np.any(st["count"] == 1):   # lazy graph, unknown chunk sizes: checked when computed
+        raise ValueError(_ONE_VALUE.format(tuple(block.shape)))
     with np.errstate(divide="ignore", invalid="ignore"):
         var = st["m2"] / st["count"]
     return _bn_block(block, st["mean"], var, w, b, eps, ca)
@@ -350,17 +408,21 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     inds = tuple(range(x.ndim))
     wd, bd = _channel_chunks(w, ch), _channel_chunks(b, ch)
     if training:
-        if _known(B, D) and B * D <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        if _known(B, D) and B * D == 1:
+            raise ValueError(_ONE_VALUE.format(tuple(x.shape)))
         red = tuple(i for i in inds if i != ca)
         st = _stats(x, red, False, split_every)
         track = rm is not None or rv is not None or num_batches_tracked is not None
         st = _maybe_compute(st, compute_stats or track)
         if track:
             s = st.compute()                      # already a constant: no work
-            f = _running.momentum_factor(momentum, num_batches_tracked)
-            _running.update(rm, s["mean"], f)
-            _running.update(rv, s["m2"] / (s["count"] - 1), f)
+            n = float(s["count"].flat[0]) if s.size else 0.0
+            if n == 1:                            # unknown chunk sizes: checked on the computed count
+                raise ValueError(_ONE_VALUE.format(tuple(x.shape)))
+            if n > 0:                             # empty batch: buffers untouched (as torch / NumPy)
+                f = _running.momentum_factor(momentum, num_batches_tracked)
+                _running.update(rm, s["mean"], f)
+                _running.update(rv, s["m2"] / (s["count"] - 1), f)
         return da.blockwise(_bn_stats_block, inds, x, inds, st, (ca,), *_bw_arg(wd, (ca,)), *_bw_arg(bd, (ca,)),
                             eps=eps, ca=ca, dtype=x.dtype, meta=x._meta, token="normfast-batch_norm")
     if rm is None or rv is None:
@@ -456,10 +518,52 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
                         eps=eps, ca=ca, dtype=x.dtype, meta=x._meta, token="normfast-group_norm")
 
 
-def normalize(x, axis=-1, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
-    """``normfast.normalize`` for Dask arrays: standardization over ``axis`` (biased variance,
-    ``eps`` added), lazy.  Weight/bias, ``out=`` and ``return_stats`` are not supported here."""
-    if weight is not None or bias is not None or out is not None or return_stats:
-        raise TypeError("normalize on a Dask array supports no weight, bias, out or return_stats; "
-                        "apply the affine with Dask arithmetic")
-    return standardize(x, axis, eps=eps)
+def _affine_block(block, st, w, b, red_axes, eps):
+    """(x - mean) * rstd * w + b on one block, in float64, w/b over the reduced axes."""
+    red = tuple(red_axes)
+    kept_shape = tuple(1 if i in red else n for i, n in enumerate(block.shape))
+    red_shape = tuple(n if i in red else 1 for i, n in enumerate(block.shape))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rstd = 1.0 / np.sqrt(_var_block(st, 0) + eps)
+    y = (_to_numpy(block) - st["mean"].reshape(kept_shape)) * rstd.reshape(kept_shape)
+    if w is not None:
+        y = y * _to_numpy(w).reshape(red_shape)
+    if b is not None:
+        y = y + _to_numpy(b).reshape(red_shape)
+    y = y.astype(block.dtype)
+    return y if isinstance(block, np.ndarray) else _like(y, block)
+
+
+def normalize(x, axis=-1, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False, compute_stats=False,
+              split_every=None):
+    """``normfast.normalize`` for Dask arrays: ``(x - mean) / sqrt(var + eps) * weight + bias``
+    over ``axis`` (biased variance), lazy.
+
+    weight, bias : optional NumPy arrays of shape ``x.shape[axis]`` (the normalized axes, in
+    increasing axis order), applied in float64 on every chunk (chunked like x's normalized
+    axes).  Statistics: one read of x (:func:`moments`' reduction).  ``out=`` and
+    ``return_stats`` are not supported on Dask arrays.
+    """
+    if out is not None or return_stats:
+        raise TypeError("normalize on a Dask array supports no out or return_stats")
+    if weight is None and bias is None:
+        return standardize(x, axis, eps=eps, compute_stats=compute_stats, split_every=split_every)
+    x = _check_array(x, "normalize")
+    axes = normalize_axes(axis, x.ndim)
+    shape = tuple(x.shape[i] for i in axes)
+    w = check_param(weight, shape, "weight")
+    b = check_param(bias, shape, "bias")
+    eps = check_eps(eps)
+    st = _maybe_compute(_stats(x, axes, False, split_every), compute_stats)
+    inds = tuple(range(x.ndim))
+    kept = tuple(i for i in inds if i not in axes)
+    pchunks = tuple(x.chunks[i] for i in axes)
+    wd = None if w is None else da.from_array(w, chunks=pchunks)
+    bd = None if b is None else da.from_array(b, chunks=pchunks)
+    return da.blockwise(_affine_block, inds, x, inds, st, kept, *_bw_arg(wd, axes), *_bw_arg(bd, axes),
+                        red_axes=axes, eps=eps, dtype=x.dtype, meta=x._meta, token="normfast-normalize")
+
+
+from ._dask_ops import (add_layer_norm_backward, add_rms_norm_backward, batch_norm_backward,  # noqa: E402
+                        group_norm_backward, instance_norm, instance_norm_backward, layer_norm_backward,
+                        rms_norm, rms_norm_backward)

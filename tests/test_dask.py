@@ -321,3 +321,216 @@ def test_local_cluster_processes():
     np.testing.assert_allclose(ys, r.sum(0, dtype=np.float64), atol=1e-2)
     assert np.all(np.abs(ys) / rows < 1e-6)
     assert np.all(np.abs(ybs) / rows < 1e-6)
+
+
+# --------------------------------------------------------------------------- issue 14: every operator on Dask
+
+BW_CHUNKS = (10, 3, 5, 2)                                       # splits batch, channels and trailing axes
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def _grads(fn, x, dy, *params):
+    """torch CPU autograd gradients of fn(x, *params) against dy (float64)."""
+    torch = _torch()
+    xt = torch.tensor(x, requires_grad=True)
+    ps = [None if p is None else torch.tensor(p, requires_grad=True) for p in params]
+    y = fn(xt, *ps)
+    leaves = [xt] + [p for p in ps if p is not None]
+    return [g.numpy() for g in torch.autograd.grad(y, leaves, torch.tensor(dy))]
+
+
+def _bw_inputs(seed):
+    rng = np.random.default_rng(seed)
+    a, g = rng.normal(3, 2, SHAPE), rng.normal(0, 1, SHAPE)
+    return a, g, da.from_array(a, chunks=BW_CHUNKS), da.from_array(g, chunks=BW_CHUNKS)
+
+
+def _check_grads(got, ref):
+    got = dask.compute(*[x for x in got if x is not None])
+    assert len(got) == len(ref)
+    for gv, rv in zip(got, ref):
+        np.testing.assert_allclose(gv, rv, rtol=1e-10, atol=1e-10)
+
+
+def test_layer_and_rms_norm_backward_match_torch():
+    torch = _torch()
+    a, g, x, dy = _bw_inputs(20)
+    w, b = _arr((5, 4), seed=21), _arr((5, 4), seed=22)
+    _, mean, rstd = normfast.layer_norm(a, (5, 4), w, b, return_stats=True)
+    out = nd.layer_norm_backward(dy, x, mean, rstd, (5, 4), w)
+    assert all(isinstance(o, da.Array) for o in out)
+    _check_grads(out, _grads(lambda t, tw, tb: torch.nn.functional.layer_norm(t, (5, 4), tw, tb), a, g, w, b))
+    _check_grads(nd.layer_norm_backward(dy, x, da.from_array(mean, chunks=(7, 2)), rstd, (5, 4)),
+                 _grads(lambda t: torch.nn.functional.layer_norm(t, (5, 4)), a, g))
+    _, rstd = normfast.rms_norm(a, 4, w[0], return_stats=True)
+    y = nd.rms_norm(x, 4, w[0])
+    _close(y.compute(), torch.nn.functional.rms_norm(torch.tensor(a), (4,), torch.tensor(w[0]),
+                                                     float(np.finfo(np.float64).eps)).numpy())
+    _check_grads(nd.rms_norm_backward(dy, x, rstd, 4, w[0]),
+                 _grads(lambda t, tw: torch.nn.functional.rms_norm(t, (4,), tw, float(np.finfo(np.float64).eps)),
+                        a, g, w[0]))
+
+
+def test_add_norm_backward_equal_in_memory():
+    a, g, x, dy = _bw_inputs(23)
+    gh = np.random.default_rng(24).normal(size=SHAPE)
+    w, b = _arr(4, seed=25), _arr(4, seed=26)
+    _, h, mean, rstd = normfast.add_layer_norm(a, a, 4, w, b, return_stats=True)
+    hd, ghd = da.from_array(h, chunks=BW_CHUNKS), da.from_array(gh, chunks=BW_CHUNKS)
+    _check_grads(nd.add_layer_norm_backward(dy, ghd, hd, mean, rstd, 4, w),
+                 normfast.add_layer_norm_backward(g, gh, h, mean, rstd, 4, w))
+    _, h, rstd = normfast.add_rms_norm(a, a, 4, w, return_stats=True)
+    _check_grads(nd.add_rms_norm_backward(dy, None, da.from_array(h, chunks=BW_CHUNKS), rstd, 4, w),
+                 normfast.add_rms_norm_backward(g, None, h, rstd, 4, w))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_backward_matches_torch(training):
+    torch = _torch()
+    a, g, x, dy = _bw_inputs(27)
+    w, b = _arr(6, seed=28), _arr(6, seed=29)
+    rm, rv = _arr(6, seed=30), np.abs(_arr(6, seed=31))
+    _, mean, rstd = normfast.batch_norm(a, rm.copy(), rv.copy(), w, b, training=training, return_stats=True)
+    out = nd.batch_norm_backward(dy, x, mean, rstd, w, training)
+    ref = _grads(lambda t, tw, tb: torch.nn.functional.batch_norm(
+        t, torch.tensor(rm), torch.tensor(rv), tw, tb, training=training), a, g, w, b)
+    _check_grads(out, ref)
+
+
+def test_group_and_instance_norm_backward_match_torch():
+    torch = _torch()
+    a, g, x, dy = _bw_inputs(32)
+    w, b = _arr(6, seed=33), _arr(6, seed=34)
+    _, mean, rstd = normfast.group_norm(a, 3, w, b, return_stats=True)
+    _check_grads(nd.group_norm_backward(dy, x, mean, rstd, 3, w),
+                 _grads(lambda t, tw, tb: torch.nn.functional.group_norm(t, 3, tw, tb), a, g, w, b))
+    y = nd.instance_norm(x, weight=w, bias=b)
+    tref = torch.nn.functional.instance_norm(torch.tensor(a), weight=torch.tensor(w), bias=torch.tensor(b))
+    _close(y.compute(), tref.numpy())
+    _, mean, rstd = normfast.instance_norm(a, None, None, w, b, return_stats=True)
+    _check_grads(nd.instance_norm_backward(dy, x, mean, rstd, w),
+                 _grads(lambda t, tw, tb: torch.nn.functional.instance_norm(t, weight=tw, bias=tb), a, g, w, b))
+
+
+def test_instance_norm_running_and_eval_match_torch():
+    torch = _torch()
+    a = _arr(SHAPE, np.float32, seed=35)
+    x = da.from_array(a, chunks=BW_CHUNKS)
+    rm, rv = np.zeros(6, np.float32), np.ones(6, np.float32)
+    trm, trv = torch.zeros(6), torch.ones(6)
+    y = nd.instance_norm(x, rm, rv, momentum=0.2)
+    ty = torch.nn.functional.instance_norm(torch.tensor(a), trm, trv, use_input_stats=True, momentum=0.2)
+    np.testing.assert_allclose(rm, trm.numpy(), rtol=1e-5, atol=1e-6)        # updated at call time
+    np.testing.assert_allclose(rv, trv.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y.compute(), ty.numpy(), rtol=1e-4, atol=1e-4)
+    ye = nd.instance_norm(x, rm, rv, use_input_stats=False)
+    te = torch.nn.functional.instance_norm(torch.tensor(a), trm, trv, use_input_stats=False)
+    np.testing.assert_allclose(ye.compute(), te.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("axis", [-1, 0, (0, 2)])
+def test_normalize_weight_bias(axis):
+    a = _arr(SHAPE, seed=36)
+    x = da.from_array(a, chunks=BW_CHUNKS)
+    axes = (axis,) if isinstance(axis, int) else axis
+    shape = tuple(SHAPE[i] for i in axes)
+    w, b = _arr(shape, seed=37), _arr(shape, seed=38)
+    y = nd.normalize(x, axis, w, b, eps=1e-5)
+    assert isinstance(y, da.Array) and y.chunks == x.chunks
+    ref_axes = tuple(i % a.ndim for i in axes)
+    m, v = a.mean(ref_axes, keepdims=True), a.var(ref_axes, keepdims=True)
+    bshape = tuple(SHAPE[i] if i in ref_axes else 1 for i in range(a.ndim))
+    ref = (a - m) / np.sqrt(v + 1e-5) * w.reshape(bshape) + b.reshape(bshape)
+    np.testing.assert_allclose(y.compute(), ref, rtol=1e-12, atol=1e-12)
+    assert normfast.get_backend(x) == "dask"
+    np.testing.assert_allclose(normfast.normalize(x, axis, w, b).compute(), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_dispatch_routes_new_ops_to_dask():
+    a, g, x, dy = _bw_inputs(39)
+    for name in ("rms_norm", "instance_norm", "layer_norm_backward", "rms_norm_backward", "batch_norm_backward",
+                 "group_norm_backward", "instance_norm_backward", "add_layer_norm_backward",
+                 "add_rms_norm_backward"):
+        assert getattr(nd, name) is not None
+    _, rstd = normfast.rms_norm(a, 4, return_stats=True)
+    gx, _ = normfast.rms_norm_backward(dy, x, rstd, 4)
+    assert isinstance(gx, da.Array)
+    np.testing.assert_allclose(gx.compute(), normfast.rms_norm_backward(g, a, rstd, 4)[0], rtol=1e-12)
+
+
+def test_moments_state_lazy_and_skipna():
+    a = _arr((50, 3), seed=40)
+    a[::4, 1] = np.nan
+    x = da.from_array(a, chunks=(7, 2))
+    lazy = nd.moments_state(x, 0, skipna=True, compute=False)
+    st = lazy.compute()
+    assert isinstance(st, normfast.Moments)
+    for j in range(3):
+        col = a[~np.isnan(a[:, j]), j].astype(np.longdouble)
+        assert st.count[j] == col.size
+        assert _rel(st.mean[j], col.mean()) <= 1e-15
+        assert _rel(st.m2[j], ((col - col.mean()) ** 2).sum()) <= 1e-13
+
+
+def _unknown_rows(a):
+    """A Dask array with a's values and unknown (NaN) chunk sizes along axis 0."""
+    x = da.from_array(a, chunks=(2,) + a.shape[1:])
+    keep = da.from_array(np.ones(a.shape[0], bool), chunks=2)
+    y = x[keep]
+    assert np.isnan(y.shape[0])
+    return y
+
+
+def test_batch_norm_unknown_chunk_sizes_checks_batch_size():
+    one = _unknown_rows(_arr((1, 4), seed=41))
+    rm, rv = np.zeros(4), np.ones(4)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nd.batch_norm(one, rm, rv, training=True)                      # eager (buffers): at call time
+    assert np.all(rm == 0) and np.all(rv == 1)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nd.batch_norm(one, training=True).compute()                     # lazy: when computed
+    empty = da.from_array(_arr((4, 4), seed=42), chunks=(2, 4))[da.from_array(np.zeros(4, bool), chunks=2)]
+    assert np.isnan(empty.shape[0])
+    nbt = np.zeros(1, np.int64)
+    y = nd.batch_norm(empty, rm, rv, training=True, num_batches_tracked=nbt)
+    assert y.compute().shape == (0, 4)
+    assert np.all(rm == 0) and np.all(rv == 1)                          # untouched, as NumPy / torch
+    ref_m, ref_v, ref_t = np.zeros(4), np.ones(4), np.zeros(1, np.int64)
+    normfast.batch_norm(np.empty((0, 4)), ref_m, ref_v, training=True, num_batches_tracked=ref_t)
+    np.testing.assert_array_equal(rm, ref_m)
+    np.testing.assert_array_equal(rv, ref_v)
+    assert nbt[0] == ref_t[0]
+    # known sizes: same rules
+    rm2, rv2 = np.zeros(4), np.ones(4)
+    nd.batch_norm(da.zeros((0, 4), chunks=(1, 4)), rm2, rv2, training=True)
+    assert np.all(rm2 == 0) and np.all(rv2 == 1)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nd.batch_norm(da.ones((1, 4), chunks=(1, 4)), training=True)
+
+
+def test_new_ops_lazy_and_one_read_per_chunk():
+    calls = []
+
+    def gen(block_info=None):
+        calls.append(1)
+        loc = block_info[None]["chunk-location"]
+        seed = 100 + loc[0] * 10 + loc[1]
+        return np.random.default_rng(seed).normal(size=block_info[None]["chunk-shape"])
+
+    x = da.map_blocks(gen, chunks=((4, 4, 3), (3, 3), (5,)), dtype=np.float64, meta=np.empty((0, 0, 0)))
+    a = x.compute()
+    calls.clear()
+    g = np.random.default_rng(0).normal(size=a.shape)
+    w = np.linspace(0.5, 1.5, 5)
+    _, mean, rstd = normfast.layer_norm(a, 5, w, return_stats=True)
+    outs = [nd.rms_norm(x, 5), nd.instance_norm(x), nd.normalize(x, 0, np.ones((11,)), None),
+            *nd.layer_norm_backward(da.from_array(g, chunks=x.chunks), x, mean, rstd, 5, w)]
+    assert all(isinstance(o, da.Array) for o in outs) and calls == []           # nothing computed yet
+    gx, gw, gb = dask.compute(*outs[3:])
+    assert len(calls) == 6                                                       # each of the 6 chunks once
+    ref = normfast.layer_norm_backward(g, a, mean, rstd, 5, w)
+    for got, r in zip((gx, gw, gb), ref):
+        np.testing.assert_allclose(got, r, rtol=1e-12, atol=1e-12)
