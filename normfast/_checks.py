@@ -94,7 +94,7 @@ def check_param(p, shape, name, xp_dtype=None):
             p = np.asarray(p, dtype=np.float64)
         else:
             raise TypeError(f"{name} must be an array or None, got {type(p).__name__}")
-    if p.dtype.kind != "f":
+    if p.dtype.kind != "f" and p.dtype.name != "bfloat16":      # (ml_dtypes' bfloat16 is kind 'V')
         raise TypeError(f"{name} must have a floating dtype, got {p.dtype}")
     if tuple(p.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(p.shape)}")

@@ -89,11 +89,17 @@ class Moments:
 
     @classmethod
     def from_array(cls, x, axis=0):
-        """Statistics of x over `axis` (NumPy, CPU DLPack or CuPy input; state on the host)."""
+        """Statistics of x over `axis` (NumPy, CPU DLPack, CuPy or Dask input; state on the host).
+
+        A Dask array is reduced in one read of its chunks and the state computed now (see
+        :func:`normfast.dask.moments_state` for the lazy form)."""
         from ._checks import is_device_array
+        if type(x).__module__.split(".", 1)[0] == "dask":
+            from .dask import moments_state
+            return moments_state(x, axis)
         if is_device_array(x):
-            from ._gpu.dispatch import GpuAdapter
-            with _core.using(GpuAdapter):
+            from ._gpu.engine import GpuEngine
+            with _core.using(GpuEngine):
                 count, mean, m2, _ = _count_mean_m2(x, axis)
         else:
             count, mean, m2, _ = _count_mean_m2(x, axis)

@@ -560,11 +560,11 @@ def test_rejects_bad_out(cp):
 
 def test_engine_interface_matches_cpu():
     """One engine class with the CPU engine's interface (item: no separate adapter)."""
-    from normfast._gpu import dispatch
     for name in ("kernel_dtype", "kernel_array", "writable_as_is", "empty", "to_host", "reduce", "apply",
                  "rows_forward", "rows_add_forward", "rows_backward"):
         assert callable(getattr(GpuEngine, name)), name
-    assert dispatch.GpuAdapter is GpuEngine
+    from normfast._gpu import dispatch
+    assert not hasattr(dispatch, "GpuAdapter")
     import inspect
     assert (list(inspect.signature(GpuEngine.rows_backward).parameters)
             == list(inspect.signature(CpuEngine.rows_backward).parameters))

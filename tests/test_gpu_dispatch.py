@@ -80,13 +80,17 @@ def _param_dtype(dt):
     return np.float32 if dt == BF16 else dt
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="normfast._checks.check_param accepts dtype kind 'f' only, and ml_dtypes' bfloat16 "
-                          "is kind 'V': bfloat16 weight / bias arrays are rejected on the GPU route")
 def test_bfloat16_parameters(cp):
+    """bfloat16 weight / bias arrays are accepted and used (not only float32 parameters)."""
     dt = dtype_of(cp, "bfloat16")
-    x = cp.asarray(np.ones((2, 8), dtype=dt))
-    nf.layer_norm(x, 8, cp.asarray(np.ones(8, dtype=dt)))
+    rng = np.random.default_rng(3)
+    xh = rng.normal(size=(2, 8)).astype(dt)
+    wh, bh = rng.normal(size=8).astype(dt), rng.normal(size=8).astype(dt)
+    y = nf.layer_norm(cp.asarray(xh), 8, cp.asarray(wh), cp.asarray(bh))
+    x64, w64, b64 = (a.astype(np.float64) for a in (xh, wh, bh))
+    ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * w64 + b64
+    got = cp.asnumpy(y).astype(np.float64)
+    np.testing.assert_allclose(got, ref, rtol=2 ** -7, atol=2 ** -7)
 
 CALLS = [
     ("layer_norm", lambda m, x, w: m.layer_norm(x, x.shape[-1], w[: x.shape[-1]], w[: x.shape[-1]], return_stats=True)),

@@ -444,3 +444,15 @@ def test_merge_rejects_different_shapes():
     with pytest.raises(ValueError, match="shape"):
         a.merge(b)
     assert Moments.reduce([a, a]).count == 6          # the empty default state still merges with any
+
+
+def test_moments_from_dask_array():
+    """Moments.from_array takes a Dask array too (one read, computed now) and equals the in-memory state."""
+    da = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(5)
+    x = rng.normal(3.0, 2.0, size=(1000, 3))
+    st = Moments.from_array(da.from_array(x, chunks=(250, 3)), axis=0)
+    ref = Moments.from_array(x, axis=0)
+    np.testing.assert_allclose(st.mean, x.astype(np.longdouble).mean(0).astype(np.float64), rtol=1e-14)
+    np.testing.assert_allclose(st.var(), ref.var(), rtol=1e-12)
+    np.testing.assert_array_equal(np.broadcast_to(st.count, (3,)), 1000)

@@ -7,8 +7,6 @@ import numpy as np
 from .. import _core
 from .engine import GpuEngine
 
-GpuAdapter = GpuEngine        # the engine's former adapter name (normfast._moments uses it)
-
 
 def _cp():
     import cupy
