@@ -15,7 +15,8 @@ from setuptools import Extension, setup
 SANITIZE = os.environ.get("NORMFAST_SANITIZE") == "1"
 OPENMP = os.environ.get("NORMFAST_NO_OPENMP") != "1" and sys.platform != "darwin"
 
-cflags = ["-ffp-contract=off", "-fno-math-errno", "-Wno-unused-function", "-pthread"]
+# -Wno-psabi: the 64-byte vector helpers are static inline (no ABI crosses a clone boundary).
+cflags = ["-ffp-contract=off", "-fno-math-errno", "-Wno-unused-function", "-Wno-psabi", "-pthread"]
 lflags = ["-pthread"]
 if SANITIZE:
     cflags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
@@ -26,9 +27,10 @@ if OPENMP:
     cflags.append("-fopenmp")
     lflags.append("-fopenmp")
 
-directives = {"language_level": 3}
+# Global Cython directives (no per-file overrides, so the debug switch reaches every module).
+directives = {"language_level": 3, "boundscheck": False, "wraparound": False, "cdivision": True}
 if os.environ.get("NORMFAST_DEBUG") == "1":
-    directives.update(boundscheck=True, wraparound=True)
+    directives.update(boundscheck=True, wraparound=True, cdivision=False)
 
 
 def ext(name):

@@ -38,7 +38,9 @@
 #include <stdatomic.h>
 #include "parallel.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(NF_NO_CLONES) && !defined(__SANITIZE_ADDRESS__)
+/* target_clones needs GNU ifunc: glibc only (musl has none), GCC on x86-64. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) \
+    && !defined(NF_NO_CLONES) && !defined(__SANITIZE_ADDRESS__)
 #define NF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define NF_CLONES

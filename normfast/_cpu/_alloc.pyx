@@ -12,6 +12,7 @@ size.  ``clear()`` unmaps every cached block.
 """
 import os
 
+cimport cython
 cimport numpy as cnp
 from cpython.buffer cimport PyBUF_WRITABLE
 from libc.stdint cimport uintptr_t
@@ -43,6 +44,7 @@ cdef list _cache = []               # Blocks no array uses any more: (size, addr
 cdef Py_ssize_t _cached_bytes = 0
 
 
+@cython.auto_pickle(False)       # a mapped address means nothing in another process
 cdef class Block:
     """One mapped block; exposes it through the buffer protocol, returns it to the cache when the
     last array that views it is freed."""
@@ -84,8 +86,10 @@ cdef Block _block(Py_ssize_t nbytes):
     cdef Block b = Block.__new__(Block)
     cdef Py_ssize_t i
     cdef void *p
+    cdef Py_ssize_t size
     for i in range(len(_cache)):
-        size, addr = _cache[i]
+        size = _cache[i][0]
+        addr = _cache[i][1]
         if nbytes <= size <= 2 * nbytes:
             del _cache[i]
             _cached_bytes -= size

@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: language_level=3
 """Row-wise backward kernels (LayerNorm, RMSNorm): see src_c/backward_t.h."""
 cimport numpy as cnp
 from libc.stdint cimport int64_t

@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: language_level=3
 """Statistics over the 4-d form x[A, B, C, D] -> per (a, c): see src_c/moments_t.h."""
 cimport numpy as cnp
 from libc.stdint cimport int64_t

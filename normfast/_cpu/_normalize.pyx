@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: language_level=3
 """Forward normalization kernels: see src_c/normalize_t.h."""
 cimport numpy as cnp
 import numpy as np
@@ -230,7 +230,8 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
     cdef cnp.ndarray xa, wa = None, ba = None, ya
     cdef int typenum, nd, rc = 0, nt
     cdef int64_t N, M
-    cdef double e, sbuf[512]
+    cdef double e
+    cdef double sbuf[512]
     cdef double *mean = NULL
     cdef double *rstd = NULL
     cdef const void *pw = NULL
