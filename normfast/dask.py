@@ -43,8 +43,11 @@ import functools
 import math
 import numbers
 
-import dask
-import dask.array as da
+try:
+    import dask
+    import dask.array as da
+except ImportError as err:           # pragma: no cover - exercised by a subprocess test
+    raise ImportError("normfast.dask needs Dask: pip install 'normfast[dask]'") from err
 import numpy as np
 from dask.array.utils import asarray_safe
 

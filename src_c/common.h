@@ -46,11 +46,16 @@
 #define NF_CLONES
 #endif
 
-#define NF_LANES 16           /* float64 accumulators per leaf loop: 2 zmm / 4 ymm */
-#define NF_CHUNK 8192         /* elements per statistics chunk (row mode) */
-#define NF_MIN_ROWS 64        /* minimum rows per chunk (column mode) */
+#define NF_LANES 16           /* float64 accumulators per leaf loop: 2 zmm / 4 ymm, enough independent
+                                 add chains to hide the 4-cycle FP add latency */
+#define NF_CHUNK 8192         /* elements per statistics chunk (row mode): 32-64 KB, in L1/L2 while summed;
+                                 the shift of a chunk is its first value, so a chunk this short keeps
+                                 |x - k| near the data's spread; also the unit of the apply loops */
+#define NF_MIN_ROWS 64        /* minimum rows per chunk (column mode): enough rows per lane that the
+                                 per-lane (n, mean, M2) and their merge cost < 5% of the pass */
 #define NF_COL_CHUNK 32768    /* values per column-mode chunk (kept in L2 while lanes are walked) */
-#define NF_PAR_MIN 16384      /* below this many elements a call stays serial */
+#define NF_PAR_MIN 16384      /* below this many elements a call stays serial: ~5 us of work, where
+                                 publishing a job and claiming units (~1 us) stops paying */
 #define NF_GRAIN_VALUES 8192  /* values per claim of pool work: ~2 us, far above the ~50 ns of a claim,
                                  small enough that two threads share a job of NF_PAR_MIN values */
 

@@ -4,7 +4,8 @@
 #define NF_MOMENTS_H
 #include "common.h"
 
-#define NF_ROW_MIN 32   /* segments at least this long are reduced row-wise */
+#define NF_ROW_MIN 32   /* segments at least this long are reduced row-wise (4 full 8-wide vectors per
+                           segment); shorter ones (channels-last) go lane-wise in column mode */
 
 #define NF_TEMPLATE "moments_t.h"
 #include "instantiate.h"

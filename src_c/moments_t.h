@@ -268,6 +268,8 @@ static int NF_S(nf_reduce4d)(const NF_T *x, const NF_T *dy, const double *m, int
     int64_t K, per_seg = 1, g = 1, R = 1;
     if (row_mode) {
         if (D >= NF_CHUNK) { per_seg = nf_cdiv(D, NF_CHUNK); K = B * per_seg; }
+        /* segments shorter than 1024 values are grouped g to a chunk (about NF_CHUNK values)
+         * so that per-chunk partials and their merge stay small next to the data */
         else { g = D >= 1024 ? 1 : NF_CHUNK / D; K = nf_cdiv(B, g); }
     } else {
         R = nf_col_rows(L);

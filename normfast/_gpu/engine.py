@@ -26,9 +26,12 @@ import numpy as np
 from . import _kernels
 
 _NULL = np.uint64(0)          # a NULL pointer argument
-_THREADS = 256                # block size of the 1-d kernels
-_ROW_MIN = 32                 # D >= _ROW_MIN: segment (row) mode; else column mode
-_MIN_UNIT = 8192              # minimum elements per reduction unit
+_THREADS = 256                # block size of the 1-d kernels: 8 warps, enough to hide memory latency
+                              # with several blocks per SM, few enough for 64 registers per thread
+_ROW_MIN = 32                 # D >= _ROW_MIN: segment (row) mode (a warp reads whole 128-byte lines);
+                              # else column mode (lanes across threads), as the CPU's NF_ROW_MIN
+_MIN_UNIT = 8192              # minimum elements per reduction unit: a block's share is long enough that
+                              # the float64 partial it writes and the merge of partials stay < 1% of the work
 _modules = {}                 # (id(cupy module), device id, ctype) -> (cupy module, RawModule)
 _sm = {}                      # (id(cupy module), device id) -> multiprocessor count
 _lock = threading.Lock()
