@@ -1,13 +1,9 @@
 """Shared machinery of every operator: the 4-d plan, statistics, normalization and
 the output buffer.  The five norms and `normalize` are thin layers over this file.
 
-The 4-d form: any reduction whose reduced and kept axes alternate at most as
-K R K R is viewed, without copying, as x[A, B, C, D] with statistics per (a, c)
-reduced over (b, d):
-  LayerNorm (M, N)            -> (M, 1, 1, N)
-  BatchNorm NCHW              -> (1, N, C, HW)      channels-last -> (1, NHW, C, 1)
-  GroupNorm NHWC              -> (N, HW, G, C/G)    InstanceNorm NHWC -> (N, HW, C, 1)
-Other patterns (e.g. R K R K) are transposed once into (M, 1, 1, N).
+The 4-d plan x[A, B, C, D] (``Plan4``: statistics per (a, c), reduced over (b, d)) is
+explained once, in normfast/_engine.py, with the engine interface the functions here call.
+Patterns outside it (e.g. R K R K) are transposed once into (M, 1, 1, N).
 """
 import contextlib
 import contextvars
@@ -15,6 +11,7 @@ import math
 
 import numpy as np
 
+from ._engine import Plan4, Reduce
 from ._engine_cpu import CpuEngine
 
 # The engine (CPU kernels, or the GPU adapter while a CuPy call runs) is per call context,
@@ -56,8 +53,8 @@ def prod(seq):
 
 
 def plan4d(shape, red_axes):
-    """(A, B, C, D) for the reduction of `shape` over `red_axes`, or None when the
-    kept/reduced pattern does not fit the 4-d form."""
+    """The Plan4 of the reduction of `shape` over `red_axes`, or None when the kept/reduced
+    pattern does not fit the 4-d form."""
     groups = []
     for ax, n in enumerate(shape):
         if n == 1:
@@ -71,13 +68,13 @@ def plan4d(shape, red_axes):
         groups.insert(0, [False, 1])
     sizes = [g[1] for g in groups]
     if len(sizes) == 1:
-        return (sizes[0], 1, 1, 1)
+        return Plan4(sizes[0], 1, 1, 1)
     if len(sizes) == 2:
-        return (sizes[0], 1, 1, sizes[1])
+        return Plan4(sizes[0], 1, 1, sizes[1])
     if len(sizes) == 3:
-        return (sizes[0], sizes[1], sizes[2], 1)
+        return Plan4(sizes[0], sizes[1], sizes[2], 1)
     if len(sizes) == 4:
-        return tuple(sizes)
+        return Plan4(*sizes)
     return None
 
 
@@ -100,7 +97,7 @@ def finish(out, dtype, yk):
 
 def moments4d(xk, dims, rms=False):
     """(n, mean, M2) float64 arrays per (a, c)."""
-    r = engine().reduce(xk, dims, 1 if rms else 0)
+    r = engine().reduce(xk, dims, Reduce.SQUARES if rms else Reduce.MOMENTS)
     return r[:, 0], r[:, 1], r[:, 2]
 
 
@@ -138,7 +135,7 @@ def samples(xk, y, N, B, G, D, w, b, eps):
     share among the threads, a sample small enough to stay in cache, an engine that has the
     kernel); else None.  The choice depends on the shape only, never on the thread count."""
     eng = engine()
-    if (not hasattr(eng, "samples_forward") or N * B * G * D == 0 or N < 2
+    if (not eng.supports_samples or N * B * G * D == 0 or N < 2
             or B * G * D * xk.itemsize > SAMPLE_FUSE_MAX):
         return None
     return eng.samples_forward(xk, y, N, B, G, D, w, b, eps)
@@ -219,7 +216,7 @@ def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs):
     rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
     need_dx, need_dw, need_db = needs
     wc = np.ones(C) if w is None else w
-    r = engine().reduce(xk, dims, 2, dyk, mean)
+    r = engine().reduce(xk, dims, Reduce.GRAD_SUMS, dyk, mean)
     sdy = r[:, 1].reshape(A, C)
     sxh = (r[:, 2] * rstd).reshape(A, C)                   # sum(dy * xh) per (a, c)
     dw = sxh.sum(axis=0) if need_dw else None

@@ -1,8 +1,8 @@
-"""CPU engine: the four kernel primitives every operator is written with.
+"""CPU engine: normfast._engine.Engine on NumPy arrays and the C kernels (src_c/).
 
 All arrays are C-contiguous NumPy arrays; x/dy/out are float32 or float64; every
-coefficient and statistic is float64.  The GPU engine (normfast._gpu) offers the
-same methods on CuPy arrays.
+coefficient and statistic is float64.  normfast._gpu.engine.GpuEngine implements the same
+interface on CuPy arrays.
 """
 import math
 
@@ -31,8 +31,10 @@ def empty_aligned(shape, dtype):
 
 
 class CpuEngine:
+    """normfast._engine.Engine on the CPU."""
     name = "cpu"
     xp = np
+    supports_samples = True
 
     @staticmethod
     def kernel_dtype(dtype):
@@ -58,8 +60,8 @@ class CpuEngine:
 
     @staticmethod
     def reduce(x, dims, kind=0, dy=None, m=None):
-        """Per (a, c) of x[A, B, C, D]: kind 0 -> (n, mean, M2); 1 -> (n, 0, sum x^2);
-        2 -> (n, sum dy, sum dy * (x - m[a, c])).  Returns a (A*C, 3) float64 array."""
+        """Per (a, c) of x[A, B, C, D]: see normfast._engine.Reduce for `kind`.
+        Returns a (A*C, 3) float64 array."""
         A, B, C, D = dims
         out = np.empty((A * C, 3), dtype=np.float64)
         _moments.reduce4d(x, dy, m, A, B, C, D, kind, out, get_num_threads())

@@ -191,7 +191,7 @@ static void NF_S(nf_reduce_range)(void *vc, int64_t u0, int64_t u1)
 {
     NF_S(nf_reduce_ctx) *c = (NF_S(nf_reduce_ctx) *)vc;
     const int64_t B = c->B, C = c->C, D = c->D, L = c->L, K = c->K, per_seg = c->per_seg, g = c->g, R = c->R;
-    const int kind = c->kind, rms = (kind == 1);
+    const int kind = c->kind, rms = (kind == NF_REDUCE_SQUARES);
     double *buf = NULL;
     if (!c->row_mode && !(buf = (double *)malloc((size_t)(3 * L) * sizeof(double) + (size_t)L * sizeof(nf_mom)))) {
         atomic_store(&c->failed, 1);
@@ -208,14 +208,14 @@ static void NF_S(nf_reduce_range)(void *vc, int64_t u0, int64_t u1)
                                len = D - off < NF_CHUNK ? D - off : NF_CHUNK; }
             else { b0 = kk * g; b1 = b0 + g < B ? b0 + g : B; }
             double k = 0.0;
-            if (kind == 0) k = nf_shift((double)base[b0 * L + off]);
+            if (kind == NF_REDUCE_MOMENTS) k = nf_shift((double)base[b0 * L + off]);
             for (int64_t b = b0; b < b1; ++b) {
-                if (kind == 2) NF_S(nf_seg_dsums)(base + b * L + off, gbase + b * L + off, len, c->m[s], acc);
+                if (kind == NF_REDUCE_GRAD_SUMS) NF_S(nf_seg_dsums)(base + b * L + off, gbase + b * L + off, len, c->m[s], acc);
                 else NF_S(nf_seg_sums)(base + b * L + off, len, k, acc);
             }
             const double n = (double)((b1 - b0) * len);
             nf_mom *pu = c->part + s * K + kk;
-            if (kind == 2) {
+            if (kind == NF_REDUCE_GRAD_SUMS) {
                 double a1 = 0.0, a2 = 0.0;
                 for (int j = 0; j < NF_LANES; ++j) { a1 += acc[j]; a2 += acc[NF_LANES + j]; }
                 pu->n = n; pu->mean = a1; pu->m2 = a2;
@@ -238,7 +238,7 @@ static void NF_S(nf_merge_range)(void *vc, int64_t s0, int64_t s1)
     const int64_t K = c->K;
     for (int64_t s = s0; s < s1; ++s) {
         const nf_mom *p = c->part + s * K;
-        if (c->kind == 2) {
+        if (c->kind == NF_REDUCE_GRAD_SUMS) {
             nf_mom r = {0.0, 0.0, 0.0};
             for (int64_t kk = 0; kk < K; ++kk) { r.n += p[kk].n; r.mean += p[kk].mean; r.m2 += p[kk].m2; }
             c->out[s] = r;
@@ -248,8 +248,8 @@ static void NF_S(nf_merge_range)(void *vc, int64_t s0, int64_t s1)
     }
 }
 
-/* kind: 0 = moments (n, mean, M2), 1 = rms moments (n, 0, sum x^2),
- *       2 = backward sums (n, sum dy, sum dy*(x - m[a,c])).
+/* kind (moments.h): NF_REDUCE_MOMENTS (n, mean, M2), NF_REDUCE_SQUARES (n, 0, sum x^2),
+ *       NF_REDUCE_GRAD_SUMS (n, sum dy, sum dy*(x - m[a,c])).
  * out has A*C entries.  Returns 0, or -1 when memory runs out.
  * Row mode: units enumerate (a, chunk kk, c) with c fastest: the memory order of x, so
  * consecutive units (and each thread's static share) read memory in order.  Column mode: a unit is a block of

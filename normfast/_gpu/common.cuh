@@ -46,6 +46,11 @@
 #ifndef NF_COMMON_CUH
 #define NF_COMMON_CUH
 
+/* What the reduce kernels accumulate (normfast._engine.Reduce, src_c/moments.h). */
+#define NF_REDUCE_MOMENTS 0
+#define NF_REDUCE_SQUARES 1
+#define NF_REDUCE_GRAD_SUMS 2
+
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 

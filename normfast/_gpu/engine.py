@@ -299,6 +299,7 @@ class GpuEngine:
 
     name = "cuda"
     xp = _LazyCupy()
+    supports_samples = False      # channels-last group/instance norm: statistics, then apply
 
     # ---------------------------------------------------------------- arrays
 

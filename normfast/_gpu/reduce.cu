@@ -1,6 +1,7 @@
 /* Reductions over the 4-d form x[A][B][C][D] -> one (n, s1, s2) per (a, c).
- *   KIND 0: (n, mean, M2)        KIND 1: (n, 0, sum x^2)
- *   KIND 2: (n, sum dy, sum dy * (x - m[a, c]))
+ *   KIND 0 (NF_REDUCE_MOMENTS): (n, mean, M2)     KIND 1 (NF_REDUCE_SQUARES): (n, 0, sum x^2)
+ *   KIND 2 (NF_REDUCE_GRAD_SUMS): (n, sum dy, sum dy * (x - m[a, c]))
+ * (the numbers of normfast._engine.Reduce and src_c/moments.h)
  * Each (a, c) is split over several blocks ("units") writing partials to a
  * buffer; nf_merge combines them in a fixed order (no atomics), so a
  * BatchNorm with few channels still fills the GPU.  Everything is accumulated
@@ -33,36 +34,36 @@ nf_reduce_row(const T *x, const T *dy, const double *m, nf_i64 A_, nf_i64 B, nf_
         const nf_i64 base = a * B * L + c * D;
         const nf_i64 p0 = kk * ppu, p1 = nf_min(p0 + ppu, np);
         double k = 0.0;
-        if (KIND == 0) {
+        if (KIND == NF_REDUCE_MOMENTS) {
             const nf_i64 b0 = nf_div(p0, pps);
             k = (double)nf_cvt<T>::to(x[base + b0 * L + (p0 - b0 * pps) * P]);
         }
-        const double md = KIND == 2 ? m[s] : 0.0;
+        const double md = KIND == NF_REDUCE_GRAD_SUMS ? m[s] : 0.0;
         nf_moments st;
         st.init(k);
         nf_s3<double> sums = nf_zero3<double>();
         for (nf_i64 p = p0 + ty; p < p1; p += spb) {
             const nf_i64 b = nf_div(p, pps), off = (p - b * pps) * P, len = nf_min(P, D - off);
             const nf_i64 o = base + b * L + off;
-            if (KIND == 2)
+            if (KIND == NF_REDUCE_GRAD_SUMS)
                 nf_for2(x + o, dy + o, len, tx, TPS, [&](nf_i64, A v, A g) {
                     sums.b += (double)g;
                     sums.c += (double)g * ((double)v - md);
                 });
-            else if (KIND == 1)
+            else if (KIND == NF_REDUCE_SQUARES)
                 nf_for(x + o, len, tx, TPS, [&](nf_i64, A v) { st.push_sq((double)v); });
             else
                 nf_for(x + o, len, tx, TPS, [&](nf_i64, A v) { st.push((double)v); });
         }
-        nf_s3<double> r = nf_group_reduce(KIND == 2 ? sums : st.sums(), nf_add(), sh, res);
-        if (KIND != 2) r = nf_moments_of(r, k);
+        nf_s3<double> r = nf_group_reduce(KIND == NF_REDUCE_GRAD_SUMS ? sums : st.sums(), nf_add(), sh, res);
+        if (KIND != NF_REDUCE_GRAD_SUMS) r = nf_moments_of(r, k);
         if (t == 0) {
             /* exact count: ppu pieces of P, less the short last piece of each segment */
             const nf_i64 lasts = nf_div(p1, pps) - nf_div(p0, pps);
             const double n = (double)((p1 - p0) * P - lasts * (pps * P - D));
             double *o = part + 3 * u;
             o[0] = n;
-            o[1] = KIND == 1 ? 0.0 : r.b;
+            o[1] = KIND == NF_REDUCE_SQUARES ? 0.0 : r.b;
             o[2] = r.c;
         }
     }
@@ -84,10 +85,10 @@ nf_reduce_col(const T *x, const T *dy, const double *m, nf_i64 A_, nf_i64 B, nf_
         const nf_i64 b0 = kk * R, b1 = nf_min(b0 + R, B);
         const T *X = x + a * B * L + l;
         nf_moments st;
-        st.init(ok && KIND == 0 ? (double)CV::to(X[b0 * L]) : 0.0);
+        st.init(ok && KIND == NF_REDUCE_MOMENTS ? (double)CV::to(X[b0 * L]) : 0.0);
         nf_s3<double> sums = nf_zero3<double>();
         if (ok) {
-            if (KIND == 2) {
+            if (KIND == NF_REDUCE_GRAD_SUMS) {
                 const double md = m[a * C + nf_div(l, D)];
                 const T *G = dy + a * B * L + l;
                 for (nf_i64 b = b0 + ry; b < b1; b += rpp) {
@@ -95,21 +96,21 @@ nf_reduce_col(const T *x, const T *dy, const double *m, nf_i64 A_, nf_i64 B, nf_
                     sums.b += g;
                     sums.c += g * (v - md);
                 }
-            } else if (KIND == 1) {
+            } else if (KIND == NF_REDUCE_SQUARES) {
                 for (nf_i64 b = b0 + ry; b < b1; b += rpp) st.push_sq((double)CV::to(X[b * L]));
             } else {
                 for (nf_i64 b = b0 + ry; b < b1; b += rpp) st.push((double)CV::to(X[b * L]));
             }
         }
-        sh[t] = KIND == 2 ? sums : st.sums();
+        sh[t] = KIND == NF_REDUCE_GRAD_SUMS ? sums : st.sums();
         __syncthreads();
         if (ok && ry == 0) {
             nf_s3<double> r = sh[lx];
             for (int j = 1; j < rpp; ++j) r = nf_add()(r, sh[j * LT + lx]);
-            if (KIND != 2) r = nf_moments_of(r, st.k);
+            if (KIND != NF_REDUCE_GRAD_SUMS) r = nf_moments_of(r, st.k);
             double *o = part + 3 * ((a * K + kk) * L + l);
             o[0] = (double)(b1 - b0);
-            o[1] = KIND == 1 ? 0.0 : r.b;
+            o[1] = KIND == NF_REDUCE_SQUARES ? 0.0 : r.b;
             o[2] = r.c;
         }
         __syncthreads();
