@@ -64,6 +64,8 @@ LARGE = ("layer_norm", (16384, 1024))   # the large output allocated by the call
 QUICK_SHAPES = [(1, 768), (32, 768), (128, 4096), (2048, 1024)]
 PEERS = ("normfast", "normfast-torch", "torch", "torch-compile", "onnxruntime")
 SERIAL = " serial"                      # suffix of the forced-serial rows
+RMS_ONNX_NATIVE = "RMSNormalization (opset 23)"
+RMS_ONNX_DECOMPOSED = "decomposed: Mul, ReduceMean, Add, Sqrt, Div, Mul (opset 17)"
 
 # Sampling plans.  target_s: time per peer and shape (the issue asks ~0.2-0.5 s in full mode);
 # block_s: consecutive calls of one peer before switching (~1 ms: shorter than a scheduler
@@ -158,8 +160,8 @@ class Peer:
 class Peers:
     """Optional peers, imported once; what is missing or broken is noted once and skipped."""
 
-    def __init__(self, nf, threads, restore_threads, want=None):
-        self.nf, self.threads, self.restore_threads = nf, threads, restore_threads
+    def __init__(self, nf, threads, restore_threads, want=None, ort_spin=True):
+        self.nf, self.threads, self.restore_threads, self.ort_spin = nf, threads, restore_threads, ort_spin
         self.want = set(PEERS) if want is None else set(want) | {"normfast"}
         self.notes = {}                 # peer -> why it is missing (printed once)
         self.torch = self.F = self.ort = self.onnx = None
@@ -180,6 +182,7 @@ class Peers:
                 self.notes["onnxruntime"] = (f"onnx/onnxruntime not installed ({type(e).__name__}: {e}); "
                                              "pip install onnx onnxruntime")
         self.rms_onnx = None            # how RMSNorm is expressed in ONNX, decided on first use
+        self.rms_onnx_why = ""          # why not natively
 
     def active(self, name):
         return name in self.want and name not in self.notes
@@ -225,24 +228,53 @@ def onnx_model(onnx, op, shape, w, b, eps, decompose=False):
     return model
 
 
-def ort_session(ort, model, threads):
-    """CPU-EP session with `threads` intra-op threads; otherwise ONNX Runtime's defaults."""
+def ort_session(ort, model, threads, spin=True):
+    """CPU-EP session with `threads` intra-op threads; otherwise ONNX Runtime's defaults, whose
+    intra-op threads spin after each run (``spin=False``: they sleep at once).  Spinning
+    lowers ONNX Runtime's latency and takes CPU from whatever runs next in this process."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def build_peers(env, op, shape, rng, verbose=False):
-    """{name: Peer} for one case, plus the float64 reference: ``(peers, ref)``."""
-    nf = env.nf
+def make_inputs(op, shape, rng):
+    """``(x, w, b)`` float32: x of `shape` (mean 0.5, std 2), w, b of its last dim; b None for rms_norm."""
     N = shape[-1]
     x = nb._rand(rng, shape, np.float32)
     w = nb._rand(rng, (N,), np.float32, 1.0, 0.5)
     b = nb._rand(rng, (N,), np.float32, 0.0, 0.5) if op == "layer_norm" else None
+    return x, w, b
+
+
+def reference(x, w, b):
+    """float64 layer_norm (rms_norm when b is None) of x over its last axis, in row blocks
+    (bounded temporaries), with the plain NumPy code of normfast.bench."""
+    N = x.shape[-1]
+    out = np.empty(x.shape, np.float64)
+    x2, o2 = x.reshape(-1, N), out.reshape(-1, N)
+    w64 = w.astype(np.float64)
+    step = max(1, (1 << 18) // N)
+    for i in range(0, x2.shape[0], step):
+        xi = x2[i:i + step].astype(np.float64)
+        o2[i:i + step] = (nb.ref_layer_norm(np, xi, w64, b.astype(np.float64), EPS) if b is not None
+                          else nb.ref_rms_norm(np, xi, w64, RMS_EPS))
+    return out
+
+
+def build_peers(env, op, x, w, b, only=None, verbose=False):
+    """{name: Peer} of one case (inputs from :func:`make_inputs`); `only`: the base peer names
+    to build (default: every one the run selected and has)."""
+    nf = env.nf
+    shape, N = x.shape, x.shape[-1]
     ns = (N,)
     peers = {}
+
+    def wanted(name):
+        return env.active(name) and (only is None or name in only)
 
     def nf_call(x, w, b):
         if op == "layer_norm":
@@ -255,12 +287,13 @@ def build_peers(env, op, shape, rng, verbose=False):
         peers[name + SERIAL] = Peer(name + SERIAL, fn, convert, inp, 1, enter, exit_,
                                     note="normfast.set_num_threads(1) around each block")
 
-    add_nf("normfast", "numpy", nf_call(x, w, b), np.asarray)
+    if wanted("normfast"):
+        add_nf("normfast", "numpy", nf_call(x, w, b), np.asarray)
     torch, F = env.torch, env.F
     if torch is not None:
         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
         bt = None if b is None else torch.from_numpy(b)
-        if env.active("normfast-torch"):
+        if wanted("normfast-torch"):
             add_nf("normfast-torch", "torch", nf_call(xt, wt, bt), lambda r: r.numpy())
         if op == "layer_norm":
             def eager(x, w, b):
@@ -268,9 +301,9 @@ def build_peers(env, op, shape, rng, verbose=False):
         else:
             def eager(x, w, b):
                 return F.rms_norm(x, ns, w, RMS_EPS)
-        if env.active("torch"):
+        if wanted("torch"):
             peers["torch"] = Peer("torch", lambda: eager(xt, wt, bt), lambda r: r.numpy(), "torch", env.threads)
-        if env.active("torch-compile"):
+        if wanted("torch-compile"):
             try:
                 torch.compiler.reset()      # one static graph per shape: no recompile limit, no dynamic shapes
                 compiled = torch.compile(eager, fullgraph=True, dynamic=False)
@@ -285,20 +318,21 @@ def build_peers(env, op, shape, rng, verbose=False):
                 if verbose:
                     traceback.print_exc()
                 env.skip("torch-compile", f"torch.compile failed: {nb._exc(e)}")
-    if env.active("onnxruntime"):
+    if wanted("onnxruntime"):
         try:
-            decompose = op == "rms_norm" and env.rms_onnx == "decomposed"
+            decompose = op == "rms_norm" and env.rms_onnx == RMS_ONNX_DECOMPOSED
             try:
                 sess = ort_session(env.ort, onnx_model(env.onnx, op, shape, w, b, RMS_EPS if b is None else EPS,
-                                                       decompose), env.threads)
+                                                       decompose), env.threads, env.ort_spin)
                 if op == "rms_norm" and env.rms_onnx is None:
-                    env.rms_onnx = "decomposed" if decompose else "RMSNormalization (opset 23)"
+                    env.rms_onnx = RMS_ONNX_NATIVE
             except Exception as e:
                 if op != "rms_norm" or decompose:
                     raise
-                env.rms_onnx = "decomposed"         # this onnx/onnxruntime has no RMSNormalization
+                env.rms_onnx = RMS_ONNX_DECOMPOSED  # this onnx/onnxruntime has no RMSNormalization
                 env.rms_onnx_why = nb._exc(e)
-                sess = ort_session(env.ort, onnx_model(env.onnx, op, shape, w, b, RMS_EPS, True), env.threads)
+                sess = ort_session(env.ort, onnx_model(env.onnx, op, shape, w, b, RMS_EPS, True), env.threads,
+                                   env.ort_spin)
             feed = {"X": x}
             peers["onnxruntime"] = Peer("onnxruntime", lambda: sess.run(None, feed), lambda r: r[0], "numpy",
                                         env.threads, note="CPU EP, session.run")
@@ -307,18 +341,7 @@ def build_peers(env, op, shape, rng, verbose=False):
                 traceback.print_exc()
             env.skip("onnxruntime", f"session failed: {nb._exc(e)}")
 
-    def ref():
-        """float64 reference, in row blocks (bounded temporaries)."""
-        out = np.empty(shape, np.float64)
-        x2, o2 = x.reshape(-1, N), out.reshape(-1, N)
-        w64 = w.astype(np.float64)
-        step = max(1, (1 << 18) // N)
-        for i in range(0, x2.shape[0], step):
-            xi = x2[i:i + step].astype(np.float64)
-            o2[i:i + step] = (nb.ref_layer_norm(np, xi, w64, b.astype(np.float64), EPS) if b is not None
-                              else nb.ref_rms_norm(np, xi, w64, RMS_EPS))
-        return out
-    return peers, ref
+    return peers
 
 
 # --------------------------------------------------------------------------------------
@@ -439,14 +462,15 @@ def run_case(env, op, shape, plan, rng, pyrng, verbose=False):
     numel = math.prod(shape)
     base = {"op": op, "shape": list(shape), "dtype": "float32", "bytes": 2 * numel * 4, "output": "allocated"}
     try:
-        peers, ref = build_peers(env, op, shape, rng, verbose)
+        x, w, b = make_inputs(op, shape, rng)
+        peers = build_peers(env, op, x, w, b, verbose=verbose)
     except Exception as e:
         if verbose:
             traceback.print_exc()
         return [dict(base, peer="normfast", status="failed", message=nb._exc(e))]
     timed, block, reps, failures = measure(peers, plan, pyrng)
     try:
-        r64 = ref()
+        r64 = reference(x, w, b)
     except Exception as e:
         r64, failures = None, dict(failures, reference=e)
     p50 = {n: float(np.percentile(t, 50)) / 1e3 for n, t in timed.items()}
@@ -499,7 +523,9 @@ def _us(v):
 
 
 def _ratio(v):
-    return "" if v is None else f"{v:.2f}"
+    if v is None:
+        return ""
+    return f"{v:.2f}" if 0.01 <= v < 100 else f"{v:.3g}"
 
 
 COLUMNS = ["op", "shape", "peer", "calls", "p50 us", "p99 us", "GB/s", "p50/ser", "p99/ser", "p50/torch",
@@ -544,17 +570,20 @@ float32, x (batch*tokens, hidden), weight (and bias) given, output allocated by 
 p50/ser, p99/ser = parallel / serial normfast (same input, same run, interleaved; > 1: the threads cost more
   than they save).  p50/torch, p50/ORT = this row's p50 / torch eager's / ONNX Runtime's (< 1: faster).
 max err = max |y - float64 reference| of the first call.  Peers interleave in shuffled blocks of ~1 ms (calls
-  shorter than that: after one untimed call).  (alloc) = layer_norm (16384, 1024), large output allocated by the call."""
+  shorter than that: after one untimed call).  (alloc) = layer_norm (16384, 1024), a large output allocated
+  by the call."""
 
 
 def header(env, threads, busy, plan, quick, overhead_ns):
+    """The printed header (normfast.bench's, plus this scenario's lines) and its dict for --json."""
     info = nb.header_info(env.base, threads)
     lines = [nb.format_header(info)]
     t, o = env.torch, env.ort
     parts = [f"scenario: server ({'quick' if quick else 'full'}; ~{plan['target_s']} s per peer and shape,"
              f" >= {plan['min_reps']} reps)"]
-    parts.append("onnxruntime " + (f"{o.__version__} (CPU EP, {threads} intra-op thread(s), onnx "
-                                   f"{env.onnx.__version__})" if o is not None else "- (not installed)"))
+    spin = "spinning" if env.ort_spin else "not spinning"
+    parts.append("onnxruntime " + (f"{o.__version__} (CPU EP, {threads} intra-op thread(s), {spin}, "
+                                   f"onnx {env.onnx.__version__})" if o is not None else "- (not installed)"))
     parts.append("torch.compile " + ("inductor" if t is not None else "-"))
     lines.append(" | ".join(parts))
     lines.append(f"busy: {busy} spinning process(es) during the measurement" if busy else
@@ -595,6 +624,9 @@ def make_parser():
     p.add_argument("--ops", help="comma-separated: layer_norm,rms_norm (default both)")
     p.add_argument("--shapes", type=nb.parse_shapes, help="override the shapes, e.g. 32x768,2048x1024")
     p.add_argument("--peers", help=f"comma-separated subset of {','.join(PEERS)}")
+    p.add_argument("--ort-no-spin", action="store_true",
+                   help="ONNX Runtime threads sleep after each run (session.intra_op.allow_spinning=0) instead of "
+                        "spinning (its default, which takes CPU from the peer timed next)")
     p.add_argument("--json", metavar="PATH", help="write machine-readable results to PATH")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and of the interleaving order")
     p.add_argument("--no-progress", action="store_true", help="no per-case progress lines on stderr")
@@ -627,7 +659,8 @@ def main(argv=None):
     saved_nf = getattr(getattr(nf, "_threads", None), "_override", None)
     if args.threads is not None:
         nf.set_num_threads(args.threads)
-    env = Peers(nf, nf.get_num_threads(), args.threads if args.threads is not None else saved_nf, want)
+    env = Peers(nf, nf.get_num_threads(), args.threads if args.threads is not None else saved_nf, want,
+                not args.ort_no_spin)
     saved_torch = env.torch.get_num_threads() if env.torch is not None else None
     try:
         if env.torch is not None:
@@ -661,14 +694,15 @@ def _run(args, env, ops):
     print()
     print(FOOTNOTES)
     if env.rms_onnx is not None:
-        why = getattr(env, "rms_onnx_why", "")
+        why = env.rms_onnx_why
         print(f"ONNX RMSNorm graph: {env.rms_onnx}" + (f" (RMSNormalization failed: {why})" if why else ""))
     for name, why in env.notes.items():
         print(f"note: {name} skipped: {why}")
     print(f"({len(cases)} cases in {elapsed:.1f} s)")
     if args.json:
         doc = {"meta": dict(info, argv=args.argv, elapsed_s=elapsed, plan=plan, seed=args.seed, eps=EPS,
-                            rms_eps=RMS_EPS, onnx_rms_graph=env.rms_onnx, skipped=dict(env.notes)),
+                            rms_eps=RMS_EPS, onnx_rms_graph=env.rms_onnx, onnx_rms_why=env.rms_onnx_why,
+                            ort_spinning=env.ort_spin, skipped=dict(env.notes)),
                "conventions": {
                    "bytes": "2*numel*4 (read x, write y)", "output": "allocated by every call",
                    "time": "single-call perf_counter_ns, p50 = median, p99 = 99th percentile, microseconds",
