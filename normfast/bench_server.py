@@ -562,6 +562,34 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def format_markdown(rows):
+    """One Markdown row per case, one column per peer: ``p50 / p99`` us (the parallel normfast
+    columns add their p99 ratio to the serial twin)."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    peers = list(dict.fromkeys(r["peer"] for r in ok))
+    cases = list(dict.fromkeys((r["op"], tuple(r["shape"])) for r in ok))
+    cell = {(r["op"], tuple(r["shape"]), r["peer"]): r for r in ok}
+    lines = ["| call | " + " | ".join(peers) + " |", "|---|" + "---|" * len(peers)]
+    for op, shape in cases:
+        label = f"{op} ({', '.join(map(str, shape))})" + (", output allocated" if shape == LARGE[1] else "")
+        cells = []
+        for p in peers:
+            r = cell.get((op, shape, p))
+            if r is None:
+                cells.append("–")
+                continue
+            text = f"{_us(r['p50_us'])} / {_us(r['p99_us'])}"
+            if "p99_vs_serial" in r:
+                text += f" ({_ratio(r['p50_vs_serial'])}×, {_ratio(r['p99_vs_serial'])}×)"
+            cells.append(text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+MARKDOWN_NOTE = ("cells: p50 / p99 us per call; normfast columns: (p50, p99 ratio to the serial column); "
+                 "output allocated by every call, float32")
+
+
 FOOTNOTES = """\
 float32, x (batch*tokens, hidden), weight (and bias) given, output allocated by every call.  normfast = the
   public API on NumPy arrays, normfast-torch = the same call on torch CPU tensors; 'serial' = the same call with
@@ -628,6 +656,8 @@ def make_parser():
                    help="ONNX Runtime threads sleep after each run (session.intra_op.allow_spinning=0) instead of "
                         "spinning (its default, which takes CPU from the peer timed next)")
     p.add_argument("--json", metavar="PATH", help="write machine-readable results to PATH")
+    p.add_argument("--markdown", action="store_true",
+                   help="also print a compact Markdown table (one row per case, p50 / p99 per peer)")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and of the interleaving order")
     p.add_argument("--no-progress", action="store_true", help="no per-case progress lines on stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing peers")
@@ -693,6 +723,11 @@ def _run(args, env, ops):
     print(format_table(rows))
     print()
     print(FOOTNOTES)
+    if args.markdown:
+        print()
+        print(format_markdown(rows))
+        print()
+        print(MARKDOWN_NOTE)
     if env.rms_onnx is not None:
         why = env.rms_onnx_why
         print(f"ONNX RMSNorm graph: {env.rms_onnx}" + (f" (RMSNormalization failed: {why})" if why else ""))

@@ -115,6 +115,21 @@ def test_quick_table_and_meta(quick):
     assert len(body) == 2                       # one group per op
 
 
+def test_markdown_table(quick):
+    _, doc, _ = quick
+    md = bs.format_markdown(doc["results"]).splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    assert header[0] == "call" and set(header[1:]) == expected_peers()
+    assert len(md) == 2 + 2                                    # header, rule, one row per case
+    for line in md[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(header) and cells[0].endswith("(4, 64)")
+        nf = cells[header.index("normfast")]
+        p50, rest = nf.split(" / ")
+        p99, ratios = rest.split(" (")
+        assert float(p50.replace(" ", "")) > 0 and float(p99.replace(" ", "")) > 0 and "×" in ratios
+
+
 def test_threads_restored():
     before = normfast.get_num_threads()
     assert bs.main(["--quick", "--shapes", "2x16", "--ops", "rms_norm", "--peers", "normfast", "--threads", "1",
