@@ -20,8 +20,10 @@ same process, interleaved:
 * ``onnxruntime``       CPU execution provider, a one-node graph per op and shape:
                         LayerNormalization (opset 17) or RMSNormalization (opset 23; where the
                         installed onnxruntime lacks it, the decomposition
-                        Mul -> ReduceMean -> Add -> Sqrt -> Div -> Mul at opset 17, said in the
-                        header), weight and bias as initializers, ``session.run`` per call.
+                        Mul -> ReduceMean -> Add -> Sqrt -> Div -> Mul at opset 17, said under
+                        the table), weight and bias as initializers, ``session.run`` per call
+                        with ONNX Runtime's default thread settings (its intra-op threads spin
+                        after a run; ``--ort-no-spin`` turns that off).
 
 Timing: every call is timed on its own with ``time.perf_counter_ns`` (the timer's own cost,
 measured on an empty call, is in the header), so that p50 (median) and p99 are per-call
@@ -33,6 +35,10 @@ interleaving, not the call's cost).  Repetitions go on until every peer has abou
 timed calls (``--quick``: 0.02 s) or the case has run twice that per peer, with at least 30
 (5) repetitions.  The garbage collector is off while timing.
 GB/s = 2 * numel * 4 bytes (read x, write y) / p50.
+
+Output: a table (one row per peer and case, with the p50/p99 ratios parallel / serial and the
+p50 ratios to torch eager and ONNX Runtime), ``--markdown`` adds a compact one (one row per case),
+``--json PATH`` writes every row with the single-call statistics.
 
 ``--busy N`` starts N processes spinning on a CPU each (``multiprocessing``, spawn) for the
 whole measurement; they are terminated at the end, on Ctrl-C and on any exception (and quit
