@@ -201,6 +201,7 @@ class Peers:
 
 
 def _serial(nf, restore):
+    """(enter, exit) hooks forcing normfast serial for a block, then restoring `restore` threads."""
     return (lambda: nf.set_num_threads(1)), (lambda: nf.set_num_threads(restore))
 
 
@@ -229,7 +230,9 @@ def onnx_model(onnx, op, shape, w, b, eps, decompose=False):
         opset = 17
     graph = helper.make_graph(nodes, op, [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(shape))],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, list(shape))], initializer=init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    opsets = [helper.make_opsetid("", opset)]
+    # the oldest IR version that carries the opset: older onnxruntime releases load the model too
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
     onnx.checker.check_model(model)
     return model
 
