@@ -130,6 +130,17 @@ def test_markdown_table(quick):
         assert float(p50.replace(" ", "")) > 0 and float(p99.replace(" ", "")) > 0 and "×" in ratios
 
 
+def test_busy_run(tmp_path):
+    """--busy through main(): recorded in the JSON, and no spinning process is left afterwards."""
+    import multiprocessing
+    path = str(tmp_path / "b.json")
+    assert bs.main(["--quick", "--shapes", "2x16", "--ops", "rms_norm", "--peers", "normfast", "--busy", "1",
+                    "--json", path, "--no-progress"]) == 0
+    doc = json.load(open(path))
+    assert doc["meta"]["busy"] == 1 and all(r["status"] == "ok" for r in doc["results"])
+    assert not [p for p in multiprocessing.active_children() if p.name == "normfast-busy"]
+
+
 def test_threads_restored():
     before = normfast.get_num_threads()
     assert bs.main(["--quick", "--shapes", "2x16", "--ops", "rms_norm", "--peers", "normfast", "--threads", "1",
