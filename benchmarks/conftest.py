@@ -26,6 +26,8 @@ BACKENDS = ("normfast", "numpy", "torch", "cupy")
 def pytest_collect_file(file_path, parent):
     """Collect benchmarks/bench_*.py (pytest's default pattern is test_*.py)."""
     if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+        if parent.session.isinitpath(file_path):                # named on the command line: pytest collects it
+            return None
         patterns = parent.config.getini("python_files")
         if not any(file_path.match(p) for p in patterns):      # not collected twice if configured
             return pytest.Module.from_parent(parent, path=file_path)

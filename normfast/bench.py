@@ -1054,6 +1054,9 @@ def make_parser():
                     "with the np.copyto roofline and the max abs error of every backend.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"ops: {', '.join(ALL_OPS)}  (add_* only when normfast provides them)")
+    p.add_argument("--scenario", choices=("default", "server"), default="default",
+                   help="default: this table; server: the CPU inference-server regime (p50/p99 us per call vs "
+                        "torch eager, torch.compile, ONNX Runtime; see --scenario server --help)")
     p.add_argument("--quick", action="store_true", help="small shapes and few repetitions (seconds)")
     p.add_argument("--ops", help="comma-separated ops (shell-style patterns allowed, e.g. '*backward')")
     p.add_argument("--shapes", type=parse_shapes,
@@ -1102,8 +1105,15 @@ class _Progress:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(prog="python -m normfast bench", add_help=False)
+    pre.add_argument("--scenario", choices=("default", "server"), default="default")
+    scenario, rest = pre.parse_known_args(argv)
+    if scenario.scenario == "server":               # its own options (normfast.bench_server)
+        from . import bench_server
+        return bench_server.main(rest)
     args = make_parser().parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    args.argv = argv
     want = None
     if args.backends:
         want = {b.strip() for b in args.backends.split(",") if b.strip()} | {"normfast"}
