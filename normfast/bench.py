@@ -1047,6 +1047,9 @@ def parse_shapes(text):
     return shapes
 
 
+SCENARIOS = ("default", "server", "pipeline")
+
+
 def make_parser():
     p = argparse.ArgumentParser(
         prog="python -m normfast bench",
@@ -1054,9 +1057,11 @@ def make_parser():
                     "with the np.copyto roofline and the max abs error of every backend.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"ops: {', '.join(ALL_OPS)}  (add_* only when normfast provides them)")
-    p.add_argument("--scenario", choices=("default", "server"), default="default",
-                   help="default: this table; server: the CPU inference-server regime (p50/p99 us per call vs "
-                        "torch eager, torch.compile, ONNX Runtime; see --scenario server --help)")
+    p.add_argument("--scenario", choices=SCENARIOS, default="default",
+                   help="default: this table (the operators against NumPy/PyTorch/CuPy); server: the CPU "
+                        "inference-server regime (p50/p99 us per call vs torch eager, torch.compile, ONNX Runtime; "
+                        "see --scenario server --help); pipeline: StandardScaler against scikit-learn, dask-ml "
+                        "and plain Dask (normfast.bench_pipeline)")
     p.add_argument("--quick", action="store_true", help="small shapes and few repetitions (seconds)")
     p.add_argument("--ops", help="comma-separated ops (shell-style patterns allowed, e.g. '*backward')")
     p.add_argument("--shapes", type=parse_shapes,
@@ -1071,9 +1076,6 @@ def make_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and of the interleaving order")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing peers")
-    p.add_argument("--scenario", choices=("kernels", "pipeline"), default="kernels",
-                   help="kernels: the operators against NumPy/PyTorch/CuPy (default); pipeline: "
-                        "StandardScaler against scikit-learn, dask-ml and plain Dask (normfast.bench_pipeline)")
     return p
 
 
@@ -1107,7 +1109,7 @@ class _Progress:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(prog="python -m normfast bench", add_help=False)
-    pre.add_argument("--scenario", choices=("default", "server"), default="default")
+    pre.add_argument("--scenario", choices=SCENARIOS, default="default")
     scenario, rest = pre.parse_known_args(argv)
     if scenario.scenario == "server":               # its own options (normfast.bench_server)
         from . import bench_server
