@@ -18,6 +18,14 @@
  *  - after fork() the child's pool has no threads: it is rebuilt on first use (pid check).
  * Workers spin for NF_POOL_SPIN pause instructions (~20 us) after a job, so a burst of calls
  * finds them awake (no system call on the caller's path), then sleep on a condition variable.
+ * A worker the OS preempts while it holds a claimed unit still makes the caller wait (a unit
+ * cannot be redone by another thread: in-place outputs and accumulated partials are not
+ * idempotent).  So the pool watches itself: when the caller of a job had to wait for workers more
+ * than NF_POOL_STALL_NS plus a quarter of its own share, the cores are busy with other work, and
+ * jobs run serially for
+ * a back-off period (NF_POOL_BACKOFF_NS, doubling on repeated stalls up to 64x, reset by a
+ * job that runs without one); then one parallel job probes again.  Serial jobs give the same
+ * results, so this changes only the timing.
  */
 #ifndef NF_POOL_H
 #define NF_POOL_H
@@ -25,6 +33,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 #include <unistd.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -37,6 +46,10 @@
 
 #define NF_POOL_MAX 256        /* worker threads at most */
 #define NF_POOL_SPIN 2000      /* pause instructions a worker spins after a job (~20 us) */
+#define NF_POOL_STALL_NS 10000      /* a caller waiting > 10 us + 1/4 of its own share of the job for
+                                       workers: a unit's worth of work is ~2-5 us, so only a preempted
+                                       (or slowed) worker makes it wait that long */
+#define NF_POOL_BACKOFF_NS 20000000 /* 20 ms of serial jobs after a stall (x2 per repeated stall) */
 
 static struct {
     pthread_mutex_t submit;            /* held by the caller of the running job */
@@ -53,6 +66,9 @@ static struct {
     _Atomic(void *) ctx;
     int started;                       /* worker threads created (ids 1 .. started) */
     pid_t pid;                         /* the process that created them */
+    int64_t serial_until;              /* monotonic ns: jobs run serially until then (stall back-off) */
+    int backoff_shift;                 /* back-off = NF_POOL_BACKOFF_NS << backoff_shift */
+    _Atomic int64_t stalls;            /* jobs whose caller waited > NF_POOL_STALL_NS (statistics) */
 } nf_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
 static void nf_pool_claim(void)
@@ -102,6 +118,18 @@ static void nf_pool_reset_after_fork(void)
     atomic_store(&nf_pool.sleepers, 0);
     nf_pool.started = 0;
     nf_pool.pid = getpid();
+    nf_pool.serial_until = 0;
+    nf_pool.backoff_shift = 0;
+}
+
+/* Jobs whose caller waited for a preempted worker (normfast._cpu._pool.stalls()). */
+static int64_t nf_pool_stalls(void) { return atomic_load(&nf_pool.stalls); }
+
+static inline int64_t nf_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 /* Run fn over [0, U) in claims of `grain` units on up to nt threads (the caller included). */
@@ -117,6 +145,11 @@ static void nf_pool_run(int nt, int64_t U, int64_t grain, nf_range_fn fn, void *
         nf_pool.pid = getpid();
     }
     if (pthread_mutex_trylock(&nf_pool.submit) != 0) { fn(ctx, 0, U); return; }   /* busy: serial */
+    if (nf_pool.serial_until && nf_now_ns() < nf_pool.serial_until) {             /* backing off */
+        pthread_mutex_unlock(&nf_pool.submit);
+        fn(ctx, 0, U);
+        return;
+    }
     while (nf_pool.started < nt - 1) {
         pthread_t t;
         pthread_attr_t at;
@@ -140,9 +173,23 @@ static void nf_pool_run(int nt, int64_t U, int64_t grain, nf_range_fn fn, void *
         pthread_cond_broadcast(&nf_pool.sleep_cv);
         pthread_mutex_unlock(&nf_pool.sleep_m);
     }
+    const int64_t start = nf_now_ns();
     nf_pool_claim();
     atomic_store(&nf_pool.open, 0);
-    while (atomic_load(&nf_pool.active) > 0) nf_pause();   /* only workers holding claimed units */
+    if (atomic_load(&nf_pool.active) > 0) {
+        const int64_t t0 = nf_now_ns();
+        while (atomic_load(&nf_pool.active) > 0) nf_pause();   /* only workers holding claimed units */
+        const int64_t t1 = nf_now_ns();
+        if (t1 - t0 > NF_POOL_STALL_NS + (t0 - start) / 4) {
+            atomic_fetch_add(&nf_pool.stalls, 1);
+            nf_pool.serial_until = t1 + ((int64_t)NF_POOL_BACKOFF_NS << nf_pool.backoff_shift);
+            if (nf_pool.backoff_shift < 6) nf_pool.backoff_shift++;
+            pthread_mutex_unlock(&nf_pool.submit);
+            return;
+        }
+    }
+    nf_pool.serial_until = 0;
+    nf_pool.backoff_shift = 0;
     pthread_mutex_unlock(&nf_pool.submit);
 }
 

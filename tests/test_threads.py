@@ -221,3 +221,38 @@ def test_forked_child_runs_serially_and_agrees():
         nt, child = pool.apply_async(_child_layer_norm, ((x,),)).get(timeout=60)
     assert nt == 1
     np.testing.assert_array_equal(child, parent)
+
+
+def _spin(stop):
+    while not stop.is_set():
+        pass
+
+
+def test_busy_cores_give_identical_results_and_no_hang():
+    """Every core busy with other processes: the pool (caller never waits for a worker that has
+    not started; back-off to serial after a stall) still gives bitwise the serial result."""
+    import multiprocessing as mp
+    from normfast._cpu import _pool
+    rng = np.random.default_rng(7)
+    x = rng.normal(3.0, 2.0, size=(128, 4096)).astype(np.float32)
+    w = rng.normal(size=4096).astype(np.float32)
+    normfast.set_num_threads(1)
+    ref = normfast.layer_norm(x, 4096, w)
+    ref_m = normfast.moments(x, axis=0)
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    procs = [ctx.Process(target=_spin, args=(stop,), daemon=True) for _ in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        normfast.set_num_threads(2)
+        for _ in range(100):
+            np.testing.assert_array_equal(normfast.layer_norm(x, 4096, w), ref)
+        for a, b in zip(normfast.moments(x, axis=0), ref_m):
+            np.testing.assert_array_equal(a, b)
+        assert _pool.stalls() >= 0
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(5)
+        normfast.set_num_threads(None)
