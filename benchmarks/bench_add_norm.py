@@ -3,7 +3,7 @@ normfast-unfused (np.add then normfast's norm), numpy, torch, cupy.  Skipped whe
 has no add_layer_norm / add_rms_norm."""
 import pytest
 
-from conftest import BACKENDS, shape_id
+from _cases import BACKENDS, shape_id
 
 
 @pytest.mark.parametrize("shape", [(4096, 1024)], ids=shape_id)

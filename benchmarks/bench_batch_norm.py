@@ -1,7 +1,7 @@
 """BatchNorm: training forward (NCHW and channels-last), eval forward, training backward."""
 import pytest
 
-from conftest import BACKENDS, shape_id
+from _cases import BACKENDS, shape_id
 
 SHAPES = [(16, 64, 32, 32)]
 

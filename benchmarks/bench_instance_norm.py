@@ -1,7 +1,7 @@
 """InstanceNorm forward, NCHW and channels-last."""
 import pytest
 
-from conftest import BACKENDS, shape_id
+from _cases import BACKENDS, shape_id
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

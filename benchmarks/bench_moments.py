@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import BACKENDS, shape_id
+from _cases import BACKENDS, shape_id
 
 
 @pytest.mark.parametrize("shape", [(500_000, 16)], ids=shape_id)

@@ -1,7 +1,7 @@
 """RMSNorm forward."""
 import pytest
 
-from conftest import BACKENDS, shape_id
+from _cases import BACKENDS, shape_id
 
 
 @pytest.mark.parametrize("shape", [(4096, 1024), (32, 768)], ids=shape_id)

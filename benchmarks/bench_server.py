@@ -20,7 +20,7 @@ import pytest
 import normfast
 from normfast import bench_server as bs
 
-from conftest import shape_id
+from _cases import shape_id
 
 PEERS = ("normfast", "normfast-serial", "normfast-torch", "normfast-torch-serial", "torch", "torch-compile",
          "onnxruntime")

@@ -20,8 +20,6 @@ import pytest
 
 from normfast import bench as nb
 
-BACKENDS = ("normfast", "numpy", "torch", "cupy")
-
 
 def pytest_collect_file(file_path, parent):
     """Collect benchmarks/bench_*.py (pytest's default pattern is test_*.py)."""
@@ -32,10 +30,6 @@ def pytest_collect_file(file_path, parent):
         if not any(file_path.match(p) for p in patterns):      # not collected twice if configured
             return pytest.Module.from_parent(parent, path=file_path)
     return None
-
-
-def shape_id(shape):
-    return "x".join(str(n) for n in shape)
 
 
 _ENV = []

@@ -3,7 +3,7 @@ stays bounded, and results written into reused blocks are right."""
 import numpy as np
 
 import normfast as nf
-from conftest import assert_close_ref, ref_layer_norm
+from _helpers import assert_close_ref, ref_layer_norm
 from normfast._cpu import _alloc
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import normfast as nf
-from conftest import assert_close_ref, ref_layer_norm, ref_rms_norm
+from _helpers import assert_close_ref, ref_layer_norm, ref_rms_norm
 from normfast._cpu._normalize import rows_fast
 
 GENERAL_LN = nf.layer_norm.__wrapped__          # the dispatched general path

@@ -13,7 +13,7 @@ import pytest
 
 import _reference as bref
 import normfast as nf
-from conftest import (ref_batch_norm_eval, ref_batch_norm_train, ref_group_norm, ref_instance_norm,
+from _helpers import (ref_batch_norm_eval, ref_batch_norm_train, ref_group_norm, ref_instance_norm,
                       ref_layer_norm, ref_moments, ref_normalize, ref_rms_norm)
 from cuda_emu import PARAMS, backend
 

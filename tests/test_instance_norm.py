@@ -2,7 +2,7 @@
 edge cases, bad inputs."""
 import numpy as np
 import pytest
-from conftest import (
+from _helpers import (
     AFFINES,
     DTYPE_IDS,
     DTYPES,

@@ -1,7 +1,7 @@
 """layer_norm forward: reference, torch, layouts, out=, accuracy, edge cases, bad inputs."""
 import numpy as np
 import pytest
-from conftest import (
+from _helpers import (
     AFFINES,
     DTYPE_IDS,
     DTYPES,

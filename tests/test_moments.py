@@ -4,7 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import DTYPE_IDS, DTYPES, byteswapped_copy, make_x, ref_moments, unaligned_copy
+from _helpers import DTYPE_IDS, DTYPES, byteswapped_copy, make_x, ref_moments, unaligned_copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -2,7 +2,7 @@
 the normalized axes' shape, layouts, out=, accuracy, edge cases, bad inputs, properties."""
 import numpy as np
 import pytest
-from conftest import (
+from _helpers import (
     AFFINES,
     DTYPE_IDS,
     DTYPES,

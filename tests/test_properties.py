@@ -1,13 +1,13 @@
 """Every public function under hypothesis: random shapes (zero-size and size-1 dims included),
 layouts, negative strides, out= aliasing x, weight/bias present or absent.  Results equal the
-float64 references of conftest.py / _reference.py; inputs are never modified (unless out=x)."""
+float64 references of _helpers.py / _reference.py; inputs are never modified (unless out=x)."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import normfast as nf
-from conftest import (assert_close_ref, ref_batch_norm_train, ref_group_norm, ref_instance_norm, ref_layer_norm,
+from _helpers import (assert_close_ref, ref_batch_norm_train, ref_group_norm, ref_instance_norm, ref_layer_norm,
                       ref_rms_norm)
 from _reference import norm_backward
 

@@ -1,7 +1,7 @@
 """rms_norm forward: reference, torch, layouts, out=, accuracy, edge cases, bad inputs."""
 import numpy as np
 import pytest
-from conftest import (
+from _helpers import (
     DTYPE_IDS,
     DTYPES,
     OUT_MODES,

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import (
+from _helpers import (
     assert_close_ref,
     ref_batch_norm_train,
     ref_group_norm,
