@@ -2,7 +2,7 @@
 
     pytest benchmarks -k pipeline --benchmark-columns=median,rounds
 
-Same inputs as ``python -m normfast bench --scenario pipeline`` (normfast.bench_pipeline), at a
+Same inputs as ``python -m normfast bench --scenario pipeline`` (normfast.bench.pipeline), at a
 tenth of its rows so that the suite stays quick; ``extra_info`` holds the accuracy against the
 exact reference (mean error in ulps, variance relative error).  Every peer is skipped when its
 package is not installed.
@@ -10,7 +10,7 @@ package is not installed.
 import numpy as np
 import pytest
 
-from normfast import bench_pipeline as bp
+from normfast.bench import pipeline as bp
 
 SK_SHAPE = (bp.SKLEARN_SHAPE[0] // 10, bp.SKLEARN_SHAPE[1])
 DASK_SHAPE, DASK_CHUNK = (bp.DASK_SHAPE[0] // 10, bp.DASK_SHAPE[1]), bp.DASK_CHUNK_ROWS // 10

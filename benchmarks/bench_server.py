@@ -1,7 +1,7 @@
 """The server scenario (``python -m normfast bench --scenario server``) in pytest-benchmark.
 
 Same cases (layer_norm / rms_norm on (batch*tokens, hidden) float32 and layer_norm (16384, 1024),
-output allocated by every call) and same peers, built by ``normfast.bench_server``:
+output allocated by every call) and same peers, built by ``normfast.bench.server``:
 normfast on NumPy arrays and on torch tensors (each also forced serial), torch eager,
 torch.compile (compiled before timing) and ONNX Runtime (CPU EP, one-node graph).  Peers that
 are not installed are skipped.  pytest-benchmark times each peer on its own (no interleaving,
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import normfast
-from normfast import bench_server as bs
+from normfast.bench import server as bs
 
 from _cases import shape_id
 

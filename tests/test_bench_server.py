@@ -1,4 +1,4 @@
-"""Tests of the server scenario (normfast.bench_server, ``python -m normfast bench --scenario server``):
+"""Tests of the server scenario (normfast.bench.server, ``python -m normfast bench --scenario server``):
 a --quick run on one tiny shape (table and JSON structure, every number positive), the CLI wiring,
 the interleaving and forced-serial blocks of the timer, the busy processes, torch.compile failure
 handling and the ONNX graphs.  Tiny shapes: seconds."""
@@ -13,7 +13,7 @@ import pytest
 
 import normfast
 from normfast import bench as nb
-from normfast import bench_server as bs
+from normfast.bench import server as bs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

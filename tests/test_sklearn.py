@@ -214,7 +214,8 @@ def test_bench_pipeline_scenario(monkeypatch, tmp_path, capsys):
     statistics meet the issue's accuracy, passes are counted."""
     import json
     pytest.importorskip("dask.array")
-    from normfast import bench, bench_pipeline as bp
+    from normfast import bench
+    from normfast.bench import pipeline as bp
     monkeypatch.setattr(bp, "SKLEARN_SHAPE", (20000, 4))
     monkeypatch.setattr(bp, "DASK_SHAPE", (40000, 3))
     monkeypatch.setattr(bp, "DASK_CHUNK_ROWS", 10000)

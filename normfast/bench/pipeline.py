@@ -85,7 +85,7 @@ def _nf(name):
 def sklearn_case(shape, reps, seed):
     from sklearn.preprocessing import StandardScaler as SkScaler
 
-    from .sklearn import StandardScaler
+    from ..sklearn import StandardScaler
     X = 1e6 + 1e-2 * np.random.default_rng(seed).standard_normal(shape)
     rm, rv = _reference(X)
     parts = np.array_split(X, 10)
@@ -134,7 +134,7 @@ def dask_case(shape, chunk_rows, reps, seed):
     import dask
     import dask.array as da
 
-    from .sklearn import StandardScaler
+    from ..sklearn import StandardScaler
     X = (1000.0 + np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)).astype(np.float32)
     rm, rv = _reference(X)
     counter = _ReadCounter()
@@ -212,7 +212,7 @@ def format_table(rows):
 
 FOOTNOTES = """time s: median over interleaved repetitions.  peer/nf: this row's time / normfast's
 same operation (> 1: normfast is faster).  passes: reads of the data (Dask: measured chunk reads /
-chunks; in memory: passes over X-sized arrays by the algorithm, see normfast.bench_pipeline).
+chunks; in memory: passes over X-sized arrays by the algorithm, see normfast.bench.pipeline).
 mean err ulp: max over features of |mean - exact| / ulp(exact) (float64 ulps, also for float32
 data).  var rel err: max |var / exact - 1|.  z err (std): max |z - exact z| over the first
 200 000 rows, in standard deviations."""

@@ -1,7 +1,7 @@
-"""normfast.bench_server: the CPU inference-server regime (issue 15, item 5).
+"""normfast.bench.server: the CPU inference-server regime (issue 15, item 5).
 
 Run it as ``python -m normfast bench --scenario server [--busy N] [options]`` (or
-``python -m normfast.bench_server``; ``--help`` lists the options).
+``python -m normfast.bench.server``; ``--help`` lists the options).
 
 What is measured: ``layer_norm`` and ``rms_norm`` forward, float32, on x of shape
 (batch * tokens, hidden) with batch * tokens in {1, 32, 128, 2048} and hidden in
@@ -59,7 +59,7 @@ import traceback
 
 import numpy as np
 
-from . import bench as nb
+from .. import bench as nb
 
 EPS = nb.EPS
 RMS_EPS = nb.RMS_EPS
