@@ -15,8 +15,8 @@ torch's): ``nft.LayerNorm``, ``RMSNorm``, ``GroupNorm``, ``BatchNorm1d/2d/3d``,
 and ``torch.export`` work.  Imported only on request (``import normfast`` never imports torch).
 
 Threads: normfast's kernels and torch's CPU ops run on the same OpenMP runtime (torch's
-``libgomp``).  ``normfast.get_num_threads()`` follows ``torch.set_num_threads`` (the
-runtime's setting of the calling thread) unless ``normfast.set_num_threads(n)`` overrides
+``libgomp``).  ``normfast.get_num_threads()`` follows ``torch.set_num_threads`` (both read
+``omp_get_max_threads()``) unless ``normfast.set_num_threads(n)`` overrides
 it; ``normfast.set_num_threads`` never changes torch's count.  Calls run one after the
 other on the same pool, so the two never oversubscribe the cores.
 """
