@@ -167,3 +167,25 @@ def test_profiler_shows_ops_by_name():
     with torch.profiler.profile() as prof:
         m(x)
     assert any("normfast::layer_norm" in e.key for e in prof.key_averages())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_no_grad_fast_path_equals_registered_op(dtype):
+    """The eager no-grad call (kernels on NumPy views, no statistics) is bit-identical to the op."""
+    x = _r(4, 3, 16, grad=False).to(dtype)
+    ln, rms = nft.LayerNorm(16).to(dtype), nft.RMSNorm(16).to(dtype)
+    with torch.no_grad():
+        for p in (*ln.parameters(), *rms.parameters()):
+            p.uniform_(0.5, 1.5)
+        assert torch.equal(ln(x), _ops.OPS["layer_norm"](x, [16], ln.weight, ln.bias, 1e-5)[0])
+        assert torch.equal(rms(x), _ops.OPS["rms_norm"](x, [16], rms.weight, None)[0])
+
+
+@pytest.mark.parametrize("path", ["op", "eager"])
+def test_double_backward_is_an_error_not_a_silent_zero(path):
+    x = _r(3, 4)
+    f = _ops.OPS["layer_norm"] if path == "op" else _ops.EAGER["layer_norm"].apply
+    y = f(x, [4], None, None, 1e-5)[0]
+    with pytest.raises(RuntimeError):
+        g, = torch.autograd.grad((y ** 3).sum(), x, create_graph=True)
+        torch.autograd.grad(g.sum(), x)

@@ -1,8 +1,7 @@
 """normfast and torch in one process share one OpenMP runtime: normfast's default thread count
 follows torch.set_num_threads (set from the main thread, it holds in other threads too),
-normfast.set_num_threads
-overrides it for normfast only, and neither changes the other's explicit setting.  Run in a
-fresh interpreter so the thread settings of other tests do not leak in."""
+normfast.set_num_threads overrides it for normfast only, and neither changes the other's
+explicit setting.  Run in a fresh interpreter so other tests' thread settings do not leak in."""
 import subprocess
 import sys
 import textwrap

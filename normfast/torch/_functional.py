@@ -21,7 +21,7 @@ def _path(x, *tensors):
     if torch.compiler.is_compiling() or type(x) is not torch.Tensor or x.is_meta \
             or _get_current_dispatch_mode() is not None or torch.autograd.profiler._is_profiler_enabled:
         return _OP
-    if x.device.type != "cpu":
+    if not x.is_cpu:
         raise TypeError(f"normfast.torch: CPU tensors only, got a tensor on {x.device}; on CUDA use "
                         "normfast's functions on CuPy arrays or torch's own modules")
     if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in tensors)):
@@ -44,12 +44,16 @@ def _call(name, path, *args):
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """As ``torch.nn.functional.layer_norm`` (CPU tensors; float16/bfloat16/float32/float64)."""
     path = _path(input, weight, bias)
+    if path == _DIRECT:
+        return _impl.layer_norm_y(input, normalized_shape, weight, bias, eps)
     return _call("layer_norm", path, input, _shape(normalized_shape), weight, bias, eps)[0]
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """As ``torch.nn.functional.rms_norm`` (eps=None: the machine epsilon of input's dtype)."""
     path = _path(input, weight)
+    if path == _DIRECT:
+        return _impl.rms_norm_y(input, normalized_shape, weight, eps)
     return _call("rms_norm", path, input, _shape(normalized_shape), weight, eps)[0]
 
 

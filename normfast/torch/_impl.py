@@ -29,7 +29,7 @@ def _np(t):
         return None
     if t.dtype not in _NATIVE:
         t = t.float()
-    return t.detach().numpy()
+    return _view(t)
 
 
 def _back(a, dtype):
@@ -45,6 +45,10 @@ def _stat(a):
 
 def _opt_back(a, dtype):
     return torch.empty(0, dtype=dtype) if a is None else _back(a, dtype)
+
+
+def _tup(shape):
+    return (shape,) if isinstance(shape, int) else tuple(shape)
 
 
 def _pdtype(p, x):
@@ -91,17 +95,43 @@ def f64(shape, like):
 # ----------------------------------------------------------------- row-wise ops
 def layer_norm(x, normalized_shape, weight, bias, eps):
     xc = x.contiguous()
-    y, mean, rstd = _layer_norm.layer_norm(_np(xc), tuple(normalized_shape), _np(weight), _np(bias), eps,
+    y, mean, rstd = _layer_norm.layer_norm(_np(xc), _tup(normalized_shape), _np(weight), _np(bias), eps,
                                            return_stats=True)
     return _back(y, x.dtype), _stat(mean), _stat(rstd)
 
 
 def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight, output_mask):
     gx, gw, gb = _layer_norm.layer_norm_backward(
-        _np(grad_out.contiguous()), _np(x.contiguous()), mean.numpy(), rstd.numpy(), tuple(normalized_shape),
+        _np(grad_out.contiguous()), _np(x.contiguous()), _np(mean), _np(rstd), _tup(normalized_shape),
         _np(weight), needs_input_grad=tuple(output_mask))
     pd = _pdtype(weight, x)
     return _opt_back(gx, x.dtype), _opt_back(gw, pd), _opt_back(gb, pd)
+
+
+def _view(t):
+    """NumPy view of a native-dtype CPU tensor: the cheapest route (detach / resolve only when needed)."""
+    if t is None:
+        return None
+    if t.requires_grad:
+        t = t.detach()
+    if t.is_neg():
+        t = t.resolve_neg()
+    return t.numpy()
+
+
+def layer_norm_y(x, normalized_shape, weight, bias, eps):
+    """``layer_norm``'s y alone, for eager calls without autograd: the same kernel call, less
+    per-call work (no statistics wrapped, parameters read as they are)."""
+    if x.dtype not in _NATIVE or x.dtype != _pdtype(weight, x) or not x.is_contiguous():
+        return layer_norm(x, normalized_shape, weight, bias, eps)[0]
+    return torch.from_numpy(_layer_norm.layer_norm(_view(x), normalized_shape, _view(weight), _view(bias), eps))
+
+
+def rms_norm_y(x, normalized_shape, weight, eps):
+    """``rms_norm``'s y alone, for eager calls without autograd (as ``layer_norm_y``)."""
+    if x.dtype not in _NATIVE or x.dtype != _pdtype(weight, x) or not x.is_contiguous():
+        return rms_norm(x, normalized_shape, weight, eps)[0]
+    return torch.from_numpy(_rms_norm.rms_norm(_view(x), normalized_shape, _view(weight), rms_eps(eps, x.dtype)))
 
 
 def rms_eps(eps, dtype):
@@ -110,27 +140,27 @@ def rms_eps(eps, dtype):
 
 
 def rms_norm(x, normalized_shape, weight, eps):
-    y, rstd = _rms_norm.rms_norm(_np(x.contiguous()), tuple(normalized_shape), _np(weight),
+    y, rstd = _rms_norm.rms_norm(_np(x.contiguous()), _tup(normalized_shape), _np(weight),
                                  rms_eps(eps, x.dtype), return_stats=True)
     return _back(y, x.dtype), _stat(rstd)
 
 
 def rms_norm_backward(grad_out, x, rstd, normalized_shape, weight, output_mask):
-    gx, gw = _rms_norm.rms_norm_backward(_np(grad_out.contiguous()), _np(x.contiguous()), rstd.numpy(),
-                                         tuple(normalized_shape), _np(weight), needs_input_grad=tuple(output_mask))
+    gx, gw = _rms_norm.rms_norm_backward(_np(grad_out.contiguous()), _np(x.contiguous()), _np(rstd),
+                                         _tup(normalized_shape), _np(weight), needs_input_grad=tuple(output_mask))
     return _opt_back(gx, x.dtype), _opt_back(gw, _pdtype(weight, x))
 
 
 def add_layer_norm(x, residual, normalized_shape, weight, bias, eps):
     y, h, mean, rstd = _add_norm.add_layer_norm(_np(x.contiguous()), _np(residual.contiguous().to(x.dtype)),
-                                                tuple(normalized_shape), _np(weight), _np(bias), eps,
+                                                _tup(normalized_shape), _np(weight), _np(bias), eps,
                                                 return_stats=True)
     return _back(y, x.dtype), _back(h, x.dtype), _stat(mean), _stat(rstd)
 
 
 def add_rms_norm(x, residual, normalized_shape, weight, eps):
     y, h, rstd = _add_norm.add_rms_norm(_np(x.contiguous()), _np(residual.contiguous().to(x.dtype)),
-                                        tuple(normalized_shape), _np(weight), rms_eps(eps, x.dtype),
+                                        _tup(normalized_shape), _np(weight), rms_eps(eps, x.dtype),
                                         return_stats=True)
     return _back(y, x.dtype), _back(h, x.dtype), _stat(rstd)
 
@@ -141,10 +171,10 @@ def add_norm_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, r
     gh = None if grad_h is None else _np(grad_h.contiguous())
     args = (_np(gy.contiguous()), gh, _np(h.contiguous()))
     if rms:
-        gx, gw = _add_norm.add_rms_norm_backward(*args, rstd.numpy(), tuple(normalized_shape), _np(weight))
+        gx, gw = _add_norm.add_rms_norm_backward(*args, _np(rstd), _tup(normalized_shape), _np(weight))
         gb = None
     else:
-        gx, gw, gb = _add_norm.add_layer_norm_backward(*args, mean.numpy(), rstd.numpy(), tuple(normalized_shape),
+        gx, gw, gb = _add_norm.add_layer_norm_backward(*args, _np(mean), _np(rstd), _tup(normalized_shape),
                                                        _np(weight))
     pd = _pdtype(weight, h)
     return _back(gx, h.dtype), _opt_back(gw, pd), _opt_back(gb, pd)
@@ -186,7 +216,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum, e
 def batch_norm_backward(grad_out, x, mean, rstd, weight, training, output_mask):
     xl, ca = channel_layout(x)
     gl = grad_out.movedim(1, -1).contiguous() if ca == -1 else grad_out.contiguous()
-    gx, gw, gb = _batch_norm.batch_norm_backward(_np(gl), _np(xl), mean.numpy(), rstd.numpy(), _np(weight),
+    gx, gw, gb = _batch_norm.batch_norm_backward(_np(gl), _np(xl), _np(mean), _np(rstd), _np(weight),
                                                  training, channel_axis=ca, needs_input_grad=tuple(output_mask))
     pd = _pdtype(weight, x)
     gx = _opt_back(None, x.dtype) if gx is None else _from_channel_layout(gx, ca, x.dtype)
@@ -203,7 +233,7 @@ def group_norm(x, num_groups, weight, bias, eps):
 def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight, output_mask):
     xl, ca = channel_layout(x)
     gl = grad_out.movedim(1, -1).contiguous() if ca == -1 else grad_out.contiguous()
-    gx, gw, gb = _group_norm.group_norm_backward(_np(gl), _np(xl), mean.numpy(), rstd.numpy(), num_groups,
+    gx, gw, gb = _group_norm.group_norm_backward(_np(gl), _np(xl), _np(mean), _np(rstd), num_groups,
                                                  _np(weight), channel_axis=ca, needs_input_grad=tuple(output_mask))
     pd = _pdtype(weight, x)
     gx = _opt_back(None, x.dtype) if gx is None else _from_channel_layout(gx, ca, x.dtype)
@@ -225,11 +255,11 @@ def instance_norm_backward(grad_out, x, mean, rstd, weight, use_input_stats, out
     gl = grad_out.movedim(1, -1).contiguous() if ca == -1 else grad_out.contiguous()
     if use_input_stats:
         gx, gw, gb = _instance_norm.instance_norm_backward(
-            _np(gl), _np(xl), mean.numpy(), rstd.numpy(), _np(weight), channel_axis=ca,
+            _np(gl), _np(xl), _np(mean), _np(rstd), _np(weight), channel_axis=ca,
             needs_input_grad=tuple(output_mask))
     else:   # running statistics are constants: the eval-mode batch-norm gradient, per channel
         gx, gw, gb = _batch_norm.batch_norm_backward(
-            _np(gl), _np(xl), mean.numpy()[0], rstd.numpy()[0], _np(weight), False, channel_axis=ca,
+            _np(gl), _np(xl), _np(mean)[0], _np(rstd)[0], _np(weight), False, channel_axis=ca,
             needs_input_grad=tuple(output_mask))
     pd = _pdtype(weight, x)
     gx = _opt_back(None, x.dtype) if gx is None else _from_channel_layout(gx, ca, x.dtype)

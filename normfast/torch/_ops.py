@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import _impl
 
@@ -415,9 +416,13 @@ def _register(name):
     def eager_forward(*inputs):
         return forward_impl(*inputs)
 
+    n_stats = 1 if name in ("rms_norm", "add_rms_norm") else 2
+
     def eager_setup(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[-n_stats:])
         setup(ctx, inputs, output)
 
+    @once_differentiable          # no double backward: a clear error instead of a silent zero
     def eager_backward(ctx, *grad_outputs):
         return grads(ctx, _impl, *grad_outputs)
 
