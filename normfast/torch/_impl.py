@@ -27,6 +27,8 @@ def _np(t):
     """A tensor (x, weight, grad) as a NumPy array the kernels take; None stays None."""
     if t is None:
         return None
+    if not t.is_cpu:
+        raise TypeError(f"normfast.torch: CPU tensors only, got a tensor on {t.device}")
     if t.dtype not in _NATIVE:
         t = t.float()
     return _view(t)
