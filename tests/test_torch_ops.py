@@ -2,6 +2,8 @@
 gradcheck in float64 for every op on both paths (registered op and eager autograd function,
 which must agree bit for bit), torch.compile(fullgraph=True) and torch.export of a model
 that uses every op."""
+import copy
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -189,3 +191,14 @@ def test_double_backward_is_an_error_not_a_silent_zero(path):
     with pytest.raises(RuntimeError):
         g, = torch.autograd.grad((y ** 3).sum(), x, create_graph=True)
         torch.autograd.grad(g.sum(), x)
+
+
+def test_inductor_compile_every_op_checks_fake_strides():
+    """Inductor asserts every custom op output's size and stride against the fake kernel's."""
+    m = _every_op_model()
+    img = torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(m, fullgraph=True)
+    ref = copy.deepcopy(m)                      # training mode: batch statistics, strided in the kernels
+    with torch.no_grad():
+        assert (compiled(img) - ref(img)).abs().max().item() <= 1e-5
+        assert torch.allclose(m.bn.running_var, ref.bn.running_var, atol=1e-6)
