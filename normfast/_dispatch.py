@@ -148,9 +148,10 @@ def _to_caller_cpu(x):
 
 
 def _torch_route(fn, args, kwargs, x):
-    """A torch call that needs autograd (a tensor requires grad) or bfloat16: normfast.torch."""
+    """A torch call that needs autograd (a tensor requires grad), bfloat16 or the registered ops
+    (torch.compile / torch.export tracing): normfast.torch."""
     import torch
-    if x.dtype is torch.bfloat16 or torch.is_grad_enabled() and any(
+    if x.dtype is torch.bfloat16 or torch.compiler.is_compiling() or torch.is_grad_enabled() and any(
             getattr(a, "requires_grad", False) for a in (*args, *kwargs.values())):
         from .torch import _route
         return _route.call(fn.__name__, args, kwargs)

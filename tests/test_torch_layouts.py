@@ -212,3 +212,21 @@ def test_modules_on_meta_device_use_fake_kernels():
     m = nft.BatchNorm2d(4, device="meta")
     y = m(torch.empty(2, 4, 3, 3, device="meta").contiguous(memory_format=torch.channels_last))
     assert y.is_meta and y.shape == (2, 4, 3, 3) and y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_plain_functions_compile_and_export():
+    """normfast.* on torch tensors inside torch.compile / torch.export: the registered ops."""
+    x, r = torch.randn(4, 6), torch.randn(4, 6)
+    f = torch.compile(lambda x, r: (nf.batch_norm(x, None, None, training=True, channel_axis=-1),
+                                    nf.add_rms_norm(x, r, 6, eps=1e-6)[0]), fullgraph=True, backend="aot_eager")
+    bn, rms = f(x, r)
+    assert torch.allclose(bn, nn.functional.batch_norm(x, None, None, training=True), atol=1e-6)
+    assert torch.allclose(rms, nn.functional.rms_norm(x + r, (6,), eps=1e-6), atol=1e-6)
+
+    class M(nn.Module):
+        def forward(self, x):
+            return nf.group_norm(x, 2, eps=1e-5)
+    xe = torch.randn(2, 4, 3)
+    ep = torch.export.export(M(), (xe,))
+    assert "normfast.group_norm.default" in {str(n.target) for n in ep.graph.nodes}
+    assert torch.allclose(ep.module()(xe), nn.functional.group_norm(xe, 2), atol=1e-6)
