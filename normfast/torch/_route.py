@@ -1,10 +1,11 @@
 """Plain ``normfast.<name>`` calls on torch tensors that need more than a NumPy view.
 
-The dispatcher (``normfast._dispatch``) sends here the calls where a tensor argument
-requires grad (with grad mode on), x is bfloat16, or torch.compile / torch.export is tracing.  Forward operators go through
-``normfast.torch``'s functions (registered ops, autograd, bfloat16); a call those cannot
-express (``out=``, ``return_stats=``, ``num_batches_tracked=``, a backward function, moments)
-warns once per function and runs on detached data, bfloat16 included (through float32).
+The dispatcher (``normfast._dispatch``) sends here the calls where a tensor argument requires
+grad (with grad mode on), x is bfloat16, or torch.compile / torch.export is tracing.  Forward
+operators go through ``normfast.torch``'s functions (registered ops, autograd, bfloat16); a
+call those cannot express (``out=``, ``return_stats=``, ``momentum=None``, a backward function,
+moments) warns once per function when an input requires grad and runs on detached data
+(bfloat16 there: a TypeError from the dispatcher).
 """
 import warnings
 
