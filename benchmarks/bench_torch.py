@@ -136,9 +136,9 @@ def bench_decoder(scale):
     torch.manual_seed(0)
     ref = Decoder().eval()
     ours = nft.patch(copy.deepcopy(ref))
-    for b, t, rounds in ((1, 1, 15), (1, 4, 15), (1, 16, 15), (8, 512, 5)):
+    for b, t, rounds in ((1, 1, 9), (1, 4, 9), (1, 16, 9), (8, 512, 3)):
         idx = torch.randint(0, 50257, (b, t))
-        number = max(1, (50 if t < 512 else 1) // scale)
+        number = max(1, (10 if t < 512 else 1) // scale)
         with torch.no_grad():
             report(f"GPT-2-sized decoder fwd {b}x{t}", *ab(lambda: ref(idx), lambda: ours(idx), number,
                                                            max(3, rounds // scale)))
