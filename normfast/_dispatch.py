@@ -32,6 +32,8 @@ def get_backend(x):
         return "dask"
     if mod == "cupy":
         return "cupy"
+    if mod == "torch" and x.device.type != "cuda":   # meta/sparse: a clear error from _torch_to_numpy
+        return "dlpack-cpu"
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
         try:
             dev = x.__dlpack_device__()[0]
@@ -92,10 +94,29 @@ def to_numpy(v, name, dev):
         return v
     if not hasattr(v, "__dlpack__"):
         return v
+    if _module(v) == "torch" and dev == DL_CPU:
+        return _torch_to_numpy(v, name)
     d = _device_of(v)
     if d != dev:
         raise TypeError(f"{name} is on another device than x (DLPack device {d} vs {dev}); move it first")
     return np.from_dlpack(_detached(v))
+
+
+def _torch_to_numpy(t, name):
+    """Zero-copy NumPy view of a CPU torch tensor; a tensor with the negative or conjugate
+    bit is resolved first (one copy: the view alone would read the wrong values)."""
+    if str(t.layout) != "torch.strided" or t.is_meta or t.device.type != "cpu":
+        what = "a meta tensor (it has no data)" if t.is_meta else f"a {t.layout} tensor on {t.device}"
+        raise TypeError(f"{name} is {what}; normfast needs a dense CPU tensor (e.g. .to_dense() / .cpu())")
+    if str(t.dtype) == "torch.bfloat16":
+        raise TypeError(f"{name} is bfloat16, which the NumPy kernels cannot read; use normfast.torch's "
+                        "functions or modules (bfloat16 supported) or convert to float32")
+    t = t.detach()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if t.is_conj():
+        t = t.resolve_conj()
+    return np.from_dlpack(t)
 
 
 def _wrap_back(res, views, ours, convert):
@@ -126,7 +147,22 @@ def _to_caller_cpu(x):
     return convert
 
 
+def _torch_route(fn, args, kwargs, x):
+    """A torch call that needs autograd (a tensor requires grad), bfloat16 or the registered ops
+    (torch.compile / torch.export tracing): normfast.torch."""
+    import torch
+    if x.dtype is torch.bfloat16 or torch.compiler.is_compiling() or torch.is_grad_enabled() and any(
+            getattr(a, "requires_grad", False) for a in (*args, *kwargs.values())):
+        from .torch import _route
+        return _route.call(fn.__name__, args, kwargs)
+    return NotImplemented
+
+
 def _route_dlpack(fn, args, kwargs, x):
+    if _module(x) == "torch":
+        res = _torch_route(fn, args, kwargs, x)
+        if res is not NotImplemented:
+            return res
     dev = DL_CPU
     views = []
 
