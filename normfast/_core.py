@@ -183,10 +183,11 @@ def normalize_along(x, axes, w, b, eps, out, rms=False):
         perm = kept + list(axes)
         eng = engine()
         xt = eng.kernel_array(xk.transpose(perm), xk.dtype)
-        yt = eng.empty(xt.shape, xt.dtype)
-        mean, rstd = rows(xt, yt, M, N, wf, bf, eps, rms)
+        if np.may_share_memory(xt, x):      # the transpose needed no copy: never write the caller's x
+            xt = xt.copy()
+        mean, rstd = rows(xt, xt, M, N, wf, bf, eps, rms)      # in place: one temporary, not two
         y = eng.empty(xk.shape, xk.dtype)
-        y.transpose(perm)[...] = yt
+        y.transpose(perm)[...] = xt
     y = finish(out, x.dtype, y)
     return y, mean.reshape(stat_shape), rstd.reshape(stat_shape)
 

@@ -7,15 +7,20 @@
  *   (LayerNorm, RMSNorm, and GroupNorm/InstanceNorm on channels-first input).
  */
 
+/* The leaf loops take 8 values at a time with NF_LOAD8 / NF_STORE8 (the float16 conversions are
+ * vector code, see common.h), then a scalar tail with the same operations. */
+
 /* Scalar math: y[i] = (x[i] - m) * p + q      (stream: non-temporal stores, see common.h) */
 NF_CLONES static void NF_S(nf_seg_apply)(const NF_T *restrict x, NF_T *restrict y, int64_t n,
                                          double m, double p, double q, int stream)
 {
     int64_t i = 0;
-    if (stream) {
+    if (stream)
         for (; i < n && ((uintptr_t)(y + i) & 15); ++i) y[i] = NF_FROMD((NF_TOD(x[i]) - m) * p + q);
-        const nf_v8d mv = nf_splat(m), pv = nf_splat(p), qv = nf_splat(q);
-        for (; i + 8 <= n; i += 8) NF_STREAM8(y + i, (NF_LOAD8(x + i) - mv) * pv + qv);
+    const nf_v8d mv = nf_splat(m), pv = nf_splat(p), qv = nf_splat(q);
+    for (; i + 8 <= n; i += 8) {
+        const nf_v8d v = (NF_LOAD8(x + i) - mv) * pv + qv;
+        if (stream) NF_STREAM8(y + i, v); else NF_STORE8(y + i, v);
     }
     for (; i < n; ++i) y[i] = NF_FROMD((NF_TOD(x[i]) - m) * p + q);
 }
@@ -24,7 +29,10 @@ NF_CLONES static void NF_S(nf_seg_apply)(const NF_T *restrict x, NF_T *restrict 
 NF_CLONES static void NF_S(nf_seg_apply_dy)(const NF_T *restrict x, const NF_T *restrict dy, NF_T *restrict y,
                                             int64_t n, double m, double p, double q, double r)
 {
-    for (int64_t i = 0; i < n; ++i) y[i] = NF_FROMD((NF_TOD(x[i]) - m) * p + q + NF_TOD(dy[i]) * r);
+    const nf_v8d mv = nf_splat(m), pv = nf_splat(p), qv = nf_splat(q), rv = nf_splat(r);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) NF_STORE8(y + i, (NF_LOAD8(x + i) - mv) * pv + qv + NF_LOAD8(dy + i) * rv);
+    for (; i < n; ++i) y[i] = NF_FROMD((NF_TOD(x[i]) - m) * p + q + NF_TOD(dy[i]) * r);
 }
 
 /* Scalar math: y[i] = (x[i] - m) * rstd * w[i] + b[i]   (w, b float64 vectors) */
@@ -33,14 +41,14 @@ NF_CLONES static void NF_S(nf_seg_apply_wb)(const NF_T *restrict x, NF_T *restri
                                             int stream)
 {
     int64_t i = 0;
-    if (stream) {
+    if (stream)
         for (; i < n && ((uintptr_t)(y + i) & 15); ++i) y[i] = NF_FROMD(((NF_TOD(x[i]) - m) * rstd) * w[i] + b[i]);
-        const nf_v8d mv = nf_splat(m), rv = nf_splat(rstd);
-        for (; i + 8 <= n; i += 8) {
-            nf_v8d wv, bv;
-            memcpy(&wv, w + i, 64); memcpy(&bv, b + i, 64);
-            NF_STREAM8(y + i, ((NF_LOAD8(x + i) - mv) * rv) * wv + bv);
-        }
+    const nf_v8d mv = nf_splat(m), rv = nf_splat(rstd);
+    for (; i + 8 <= n; i += 8) {
+        nf_v8d wv, bv;
+        memcpy(&wv, w + i, 64); memcpy(&bv, b + i, 64);
+        const nf_v8d v = ((NF_LOAD8(x + i) - mv) * rv) * wv + bv;
+        if (stream) NF_STREAM8(y + i, v); else NF_STORE8(y + i, v);
     }
     for (; i < n; ++i) y[i] = NF_FROMD(((NF_TOD(x[i]) - m) * rstd) * w[i] + b[i]);
 }
@@ -72,23 +80,27 @@ NF_CLONES static void NF_S(nf_col_apply)(const NF_T *restrict x, const NF_T *res
                                          const double *restrict p, const double *restrict q,
                                          const double *restrict s, int stream)
 {
-    if (stream && !dy && L % 8 == 0 && ((uintptr_t)y & 15) == 0) {
-        for (int64_t r = 0; r < rows; ++r)
-            for (int64_t l = 0; l < L; l += 8) {
-                nf_v8d mv, pv, qv;
-                memcpy(&mv, m + l, 64); memcpy(&pv, p + l, 64); memcpy(&qv, q + l, 64);
-                NF_STREAM8(y + r * L + l, (NF_LOAD8(x + r * L + l) - mv) * pv + qv);
-            }
-        return;
-    }
+    stream = stream && !dy && L % 8 == 0 && ((uintptr_t)y & 15) == 0;
     for (int64_t r = 0; r < rows; ++r) {
         const NF_T *restrict xr = x + r * L;
         NF_T *restrict yr = y + r * L;
+        int64_t l = 0;
+        for (; l + 8 <= L; l += 8) {
+            nf_v8d mv, pv, qv;
+            memcpy(&mv, m + l, 64); memcpy(&pv, p + l, 64); memcpy(&qv, q + l, 64);
+            nf_v8d v = (NF_LOAD8(xr + l) - mv) * pv + qv;
+            if (dy) {
+                nf_v8d sv;
+                memcpy(&sv, s + l, 64);
+                v += NF_LOAD8(dy + r * L + l) * sv;
+            }
+            if (stream) NF_STREAM8(yr + l, v); else NF_STORE8(yr + l, v);
+        }
         if (dy) {
             const NF_T *restrict gr = dy + r * L;
-            for (int64_t l = 0; l < L; ++l) yr[l] = NF_FROMD((NF_TOD(xr[l]) - m[l]) * p[l] + q[l] + NF_TOD(gr[l]) * s[l]);
+            for (; l < L; ++l) yr[l] = NF_FROMD((NF_TOD(xr[l]) - m[l]) * p[l] + q[l] + NF_TOD(gr[l]) * s[l]);
         } else {
-            for (int64_t l = 0; l < L; ++l) yr[l] = NF_FROMD((NF_TOD(xr[l]) - m[l]) * p[l] + q[l]);
+            for (; l < L; ++l) yr[l] = NF_FROMD((NF_TOD(xr[l]) - m[l]) * p[l] + q[l]);
         }
     }
 }
@@ -238,10 +250,13 @@ static int NF_S(nf_rows_forward_T)(const NF_T *x, NF_T *y, int64_t M, int64_t N,
     return 0;
 }
 
-/* Scalar math: h[i] = (T)(x[i] + r[i])  (rounded to the input type, as the unfused add) */
+/* Scalar math: h[i] = (T)(x[i] + r[i])  (rounded to the input type, as the unfused add: the float64
+ * sum of two float32 or float16 values rounds to the same value as their sum in the type) */
 NF_CLONES static void NF_S(nf_seg_add)(const NF_T *x, const NF_T *r, NF_T *h, int64_t n)
 {
-    for (int64_t i = 0; i < n; ++i) h[i] = NF_FROMD(NF_TOD(x[i]) + NF_TOD(r[i]));
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) NF_STORE8(h + i, NF_LOAD8(x + i) + NF_LOAD8(r + i));
+    for (; i < n; ++i) h[i] = NF_FROMD(NF_TOD(x[i]) + NF_TOD(r[i]));
 }
 
 /* Fused residual add + row normalization (transformer blocks):

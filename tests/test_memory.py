@@ -101,6 +101,7 @@ _SCRIPT = textwrap.dedent(r"""
         "instance_norm_eval": (lambda: nf.instance_norm(x4, rm, rv, wc, bc, use_input_stats=False), NC),
         "instance_norm_eval_hw64": (lambda: nf.instance_norm(s4, rm, rv, wc, bc, use_input_stats=False), NS),
         "normalize_axis1": (lambda: nf.normalize(x4, axis=1), 8192 * 16),
+        "normalize_axis1_affine": (lambda: nf.normalize(x4, axis=1, weight=wc, bias=bc), 8192 * 16),   # transposes
         "moments": (lambda: nf.moments(x4, axis=(0, 2, 3)), C),
         "layer_norm_backward": (lambda: nf.layer_norm_backward(g2, x2, ln_m, ln_r, 1024, w1), len(x2)),
         "rms_norm_backward": (lambda: nf.rms_norm_backward(g2, x2, rms_r, 1024, w1), len(x2)),
@@ -121,7 +122,8 @@ _SCRIPT = textwrap.dedent(r"""
 
 CASES = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "batch_norm_train", "batch_norm_eval",
          "group_norm", "group_norm_hw64", "instance_norm", "instance_norm_hw64", "instance_norm_running",
-         "instance_norm_running_hw64", "instance_norm_eval", "instance_norm_eval_hw64", "normalize_axis1", "moments",
+         "instance_norm_running_hw64", "instance_norm_eval", "instance_norm_eval_hw64", "normalize_axis1",
+         "normalize_axis1_affine", "moments",
          "layer_norm_backward", "rms_norm_backward", "add_layer_norm_backward", "batch_norm_backward",
          "group_norm_backward", "group_norm_backward_hw64", "instance_norm_backward", "instance_norm_backward_hw64"]
 
