@@ -42,8 +42,6 @@ cdef extern from "normalize.h" nogil:
                                 double *rstd, int nt)
     int nf_samples_forward_f16(const nf_half *x, nf_half *y, int64_t A, int64_t B, int64_t G, int64_t D,
                                const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
-    int nf_rows_forward_T_f16(const nf_half *x, nf_half *y, int64_t M, int64_t N, const nf_half *w,
-                              const nf_half *b, double eps, int rms, double *mean, double *rstd, int nt)
 
 cdef extern from *:
     """
@@ -52,7 +50,6 @@ cdef extern from *:
     #define nf_rows_forward_f16(...) (-2)
     #define nf_rows_add_forward_f16(...) (-2)
     #define nf_samples_forward_f16(...) (-2)
-    #define nf_rows_forward_T_f16(...) (-2)
     #endif
     """
 
@@ -168,7 +165,7 @@ def samples_forward(x, y, int64_t A, int64_t B, int64_t G, int64_t D, w, b, doub
 
 
 # --------------------------------------------------------------------------- fast path
-# The common call of a server (contiguous float16 (where the kernels have it)/float32/float64 x, weight/bias absent or contiguous in
+# The common call of a server (contiguous float32/float64 x, weight/bias absent or contiguous in
 # x's dtype, NumPy or torch CPU) checked here in C-level code with no conversion: a few hundred
 # nanoseconds of overhead instead of the general path's tens of microseconds.  Anything else
 # returns NotImplemented and takes the general path, which keeps every check.
@@ -220,7 +217,7 @@ def num_threads():
 
 cdef int _FAST_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
 cdef object _torch_tensor = None          # torch.Tensor once torch is imported
-cdef object _torch_f32 = None, _torch_f64 = None, _torch_f16 = None, _torch_from_numpy = None
+cdef object _torch_f32 = None, _torch_f64 = None, _torch_from_numpy = None
 cdef object _np_empty = np.empty
 from normfast._cpu._alloc import MIN_BYTES as _ALLOC_MIN, empty as _alloc_empty
 
@@ -242,18 +239,17 @@ cdef inline bint _apart(cnp.ndarray a, cnp.ndarray b):
 
 
 cdef object _torch_as_numpy(object t):
-    """A NumPy view of a plain torch CPU tensor (contiguous float32/float64, or float16 where the
-    kernels have it, no autograd history needed, no neg/conj bit), or None."""
-    global _torch_tensor, _torch_f32, _torch_f64, _torch_f16, _torch_from_numpy
+    """A NumPy view of a plain torch CPU tensor (contiguous float32/float64, no autograd
+    history needed, no neg/conj bit), or None."""
+    global _torch_tensor, _torch_f32, _torch_f64, _torch_from_numpy
     if _torch_tensor is None:
         import torch
         _torch_tensor, _torch_f32, _torch_f64 = torch.Tensor, torch.float32, torch.float64
-        _torch_f16 = torch.float16 if NF_HAVE_F16 else torch.float32
         _torch_from_numpy = torch.from_numpy
     if not isinstance(t, _torch_tensor):
         return None
     dt = t.dtype
-    if (dt is not _torch_f32 and dt is not _torch_f64 and dt is not _torch_f16) or not t.is_cpu or t.requires_grad or t.is_neg() \
+    if (dt is not _torch_f32 and dt is not _torch_f64) or not t.is_cpu or t.requires_grad or t.is_neg() \
             or not t.is_contiguous():
         return None
     return t.numpy()
@@ -288,8 +284,7 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
         x, torch_in = xv, True
     xa = <cnp.ndarray>x
     typenum = cnp.PyArray_TYPE(xa)
-    if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64
-            and not (typenum == cnp.NPY_FLOAT16 and NF_HAVE_F16)) or not _plain(x, typenum):
+    if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not _plain(x, typenum):
         return NotImplemented
     nd = cnp.PyArray_NDIM(xa)
     if nd < 1:
@@ -309,9 +304,7 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
     if eps is None:
         if not rms:
             return NotImplemented
-        # the machine epsilon of x's dtype (np.finfo(dtype).eps, as the general path)
-        e = (1.1920928955078125e-07 if typenum == cnp.NPY_FLOAT32 else
-             0.0009765625 if typenum == cnp.NPY_FLOAT16 else 2.220446049250313e-16)
+        e = 1.1920928955078125e-07 if typenum == cnp.NPY_FLOAT32 else 2.220446049250313e-16
     elif type(eps) is float:
         e = eps
         if not (isfinite(e) and e >= 0):
@@ -358,10 +351,7 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
         rstd = mean + M
     nt = _nthreads()
     with nogil:
-        if typenum == cnp.NPY_FLOAT16:
-            rc = nf_rows_forward_T_f16(<const nf_half *>cnp.PyArray_DATA(xa), <nf_half *>cnp.PyArray_DATA(ya), M, N,
-                                       <const nf_half *>pw, <const nf_half *>pb, e, rms, mean, rstd, nt)
-        elif typenum == cnp.NPY_FLOAT32:
+        if typenum == cnp.NPY_FLOAT32:
             rc = nf_rows_forward_T_f32(<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(ya), M, N,
                                        <const float *>pw, <const float *>pb, e, rms, mean, rstd, nt)
         else:
