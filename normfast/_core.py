@@ -183,11 +183,13 @@ def normalize_along(x, axes, w, b, eps, out, rms=False):
         perm = kept + list(axes)
         eng = engine()
         xt = eng.kernel_array(xk.transpose(perm), xk.dtype)
-        if np.may_share_memory(xt, x):      # the transpose needed no copy: never write the caller's x
-            xt = xt.copy()
-        mean, rstd = rows(xt, xt, M, N, wf, bf, eps, rms)      # in place: one temporary, not two
+        # normalized in place in the transposed copy (one temporary, not two) when it is a copy
+        # (a transpose that needed none is the caller's x; GPU engines keep a separate buffer)
+        own = eng.xp is np and not np.may_share_memory(xt, x)
+        yt = xt if own else eng.empty(xt.shape, xt.dtype)
+        mean, rstd = rows(xt, yt, M, N, wf, bf, eps, rms)
         y = eng.empty(xk.shape, xk.dtype)
-        y.transpose(perm)[...] = xt
+        y.transpose(perm)[...] = yt
     y = finish(out, x.dtype, y)
     return y, mean.reshape(stat_shape), rstd.reshape(stat_shape)
 
