@@ -18,6 +18,8 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
+from normfast._cpu import _normalize
+
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS via /proc (Linux)"),
     # AddressSanitizer keeps freed memory in quarantine and maps shadow memory: RSS is not the program's
@@ -163,6 +165,8 @@ def test_script_covers_every_case():
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 @pytest.mark.parametrize("case", CASES)
 def test_peak_memory_is_one_output_beyond_inputs_and_outputs(case, dtype):
+    if dtype == "float16" and not _normalize.HAVE_F16:
+        pytest.skip("kernels built without _Float16: float16 is computed on float32 copies")
     m = _measured(dtype)[case]
     bound = m["out"] + m["biggest"] + STAT_COPIES * m["stat"] + SLACK
     assert m["extra"] <= bound, (
