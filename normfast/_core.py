@@ -180,7 +180,10 @@ def normalize_along(x, axes, w, b, eps, out, rms=False):
         perm = kept + list(axes)
         eng = engine()
         xt = eng.kernel_array(xk.transpose(perm), xk.dtype)
-        yt = eng.empty(xt.shape, xt.dtype)
+        # normalized in place in the transposed copy (one temporary, not two) when it is a copy
+        # (a transpose that needed none is the caller's x; GPU engines keep a separate buffer)
+        own = eng.xp is np and not np.may_share_memory(xt, x)
+        yt = xt if own else eng.empty(xt.shape, xt.dtype)
         mean, rstd = rows(xt, yt, M, N, wf, bf, eps, rms)
         y = eng.empty(xk.shape, xk.dtype)
         y.transpose(perm)[...] = yt

@@ -38,8 +38,15 @@ class CpuEngine:
 
     @staticmethod
     def kernel_dtype(dtype):
-        """Kernels run on native float32 / float64; float16 is computed in float32."""
-        return np.dtype(np.float64) if np.dtype(dtype).itemsize == 8 else np.dtype(np.float32)
+        """Kernels run on native float32 / float64 and, where the compiler has _Float16, float16
+        (loaded and computed in float64, rounded once: no float32 copy of x or of the output);
+        without it float16 is computed on float32 copies."""
+        dtype = np.dtype(dtype)
+        if dtype.itemsize == 8:
+            return np.dtype(np.float64)
+        if dtype == np.float16 and _normalize.HAVE_F16:
+            return dtype
+        return np.dtype(np.float32)
 
     @staticmethod
     def kernel_array(a, dtype):

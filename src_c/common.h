@@ -65,16 +65,101 @@ typedef struct { double n, mean, m2; } nf_mom;
  * its widest registers (1 zmm, 2 ymm or 4 xmm) with identical lane-wise results. */
 typedef double nf_v8d __attribute__((vector_size(64)));
 typedef float nf_v8f __attribute__((vector_size(32)));
+static inline nf_v8d nf_splat(double v) { nf_v8d r = {v, v, v, v, v, v, v, v}; return r; }
 #define NF_LOAD8_float(p) __extension__({ nf_v8f t_; memcpy(&t_, (p), sizeof t_); __builtin_convertvector(t_, nf_v8d); })
 #define NF_LOAD8_double(p) __extension__({ nf_v8d t_; memcpy(&t_, (p), sizeof t_); t_; })
 #define NF_STORE8_float(p, v) do { nf_v8f t_ = __builtin_convertvector((v), nf_v8f); memcpy((p), &t_, sizeof t_); } while (0)
 #define NF_STORE8_double(p, v) do { nf_v8d t_ = (v); memcpy((p), &t_, sizeof t_); } while (0)
+/* float16 (issue 12, bounded memory): computed natively where the compiler has _Float16 (GCC >= 12
+ * on x86-64), so no float32 copy of x or of the output is ever made.  8 halves are loaded and
+ * widened to float64 in registers (exact); results are rounded once from float64 to float16
+ * (GCC's double -> _Float16 conversion is correctly rounded, never through float32).  Without
+ * _Float16 (NF_HAVE_F16 0) the Python layer converts float16 to float32 as before. */
+#if defined(__FLT16_MAX__) && defined(__x86_64__) && !defined(NF_NO_F16)
+#define NF_HAVE_F16 1
+typedef _Float16 nf_half;
+typedef uint16_t nf_v8hu __attribute__((vector_size(16)));
+typedef int32_t nf_v8i __attribute__((vector_size(32)));
+typedef int64_t nf_v8l __attribute__((vector_size(64)));
+/* The conversions are written with integer vector operations (GCC lowers _Float16 <-> double to
+ * a library call per value on x86-64 without AVX512-FP16, 30x slower than the kernels).
+ * half -> double (exact):  |h| << 13 as float bits times 2^112 is the value for normal and
+ *   subnormal halves; exponent 31 (inf/NaN) maps to exponent 255; then widen and copy the sign.
+ * double -> half (round to nearest even, once):  a = |d|;
+ *   a < 2^-14 (half subnormal or 0): k = rint(a * 2^24), the half's bits are k (k = 1024 is the
+ *     smallest normal, whose bits are 1024 too);
+ *   else: the 42 dropped mantissa bits rounded to even in the integer bits u of a, then
+ *     (u >> 42) - ((1023 - 15) << 10) (a carry moves into the exponent; 65520 and up give
+ *     0x7c00 = inf, as IEEE rounding does);  a >= 2^16 -> inf, NaN -> 0x7e00; then the sign. */
+static inline __attribute__((always_inline)) nf_v8d nf_h2d8(nf_v8hu h)
+{
+    const nf_v8i v = __builtin_convertvector(h, nf_v8i), em = v & 0x7fff;
+    nf_v8i fb = em << 13;
+    nf_v8f f;
+    memcpy(&f, &fb, 32);
+    f = f * (nf_v8f){0x1p112f, 0x1p112f, 0x1p112f, 0x1p112f, 0x1p112f, 0x1p112f, 0x1p112f, 0x1p112f};
+    memcpy(&fb, &f, 32);
+    fb |= (em >= 0x7c00) & 0x7f800000;
+    memcpy(&f, &fb, 32);
+    nf_v8d d = __builtin_convertvector(f, nf_v8d);
+    nf_v8l db;
+    memcpy(&db, &d, 64);
+    db |= __builtin_convertvector(v & 0x8000, nf_v8l) << 48;
+    memcpy(&d, &db, 64);
+    return d;
+}
+static inline __attribute__((always_inline)) nf_v8hu nf_d2h8(nf_v8d d)
+{
+    nf_v8l u;
+    memcpy(&u, &d, 64);
+    const nf_v8l sign = (u >> 48) & 0x8000;
+    u &= 0x7fffffffffffffffLL;
+    nf_v8d a;
+    memcpy(&a, &u, 64);
+    const nf_v8d big = nf_splat(0x1p52);
+    nf_v8d k = (a * nf_splat(0x1p24) + big) - big;          /* rint for a < 2^-14 */
+    const nf_v8l sub = __builtin_convertvector(k, nf_v8l);
+    const nf_v8l nrm = ((u + 0x1ffffffffffLL + ((u >> 42) & 1)) >> 42) - ((int64_t)(1023 - 15) << 10);
+    const nf_v8l is_sub = (nf_v8l)(a < nf_splat(0x1p-14)), is_inf = (nf_v8l)(a >= nf_splat(0x1p16)),
+                 is_nan = (nf_v8l)(a != a);
+    nf_v8l r = (sub & is_sub) | (nrm & ~is_sub);
+    r = (r & ~is_inf) | (0x7c00 & is_inf);
+    r = (r & ~is_nan) | (0x7e00 & is_nan);
+    return __builtin_convertvector(r | sign, nf_v8hu);
+}
+static inline __attribute__((always_inline)) double nf_h2d(nf_half x)
+{
+    nf_v8hu h = {0};
+    memcpy(&h, &x, 2);
+    return nf_h2d8(h)[0];
+}
+static inline __attribute__((always_inline)) nf_half nf_d2h(double d)
+{
+    nf_v8hu h = nf_d2h8(nf_splat(d));
+    nf_half r;
+    memcpy(&r, &h, 2);
+    return r;
+}
+#define NF_LOAD8__Float16(p) __extension__({ nf_v8hu t_; memcpy(&t_, (p), sizeof t_); nf_h2d8(t_); })
+#define NF_STORE8__Float16(p, v) do { nf_v8hu t_ = nf_d2h8(v); memcpy((p), &t_, sizeof t_); } while (0)
+#define NF_TOD__Float16(v) nf_h2d(v)
+#define NF_FROMD__Float16(v) nf_d2h(v)
+#else
+#define NF_HAVE_F16 0
+typedef uint16_t nf_half;     /* storage only: no kernel is instantiated for it */
+#endif
+/* Scalar conversions of the element type to and from float64 (plain casts but for float16). */
+#define NF_TOD_float(v) ((double)(v))
+#define NF_TOD_double(v) ((double)(v))
+#define NF_FROMD_float(v) ((float)(v))
+#define NF_FROMD_double(v) ((double)(v))
 #define NF_CAT_(a, b) a##b
 #define NF_CAT(a, b) NF_CAT_(a, b)
 #define NF_LOAD8(p) NF_CAT(NF_LOAD8_, NF_T)(p)
 #define NF_STORE8(p, v) NF_CAT(NF_STORE8_, NF_T)(p, v)
+#define NF_TOD(v) NF_CAT(NF_TOD_, NF_T)(v)
+#define NF_FROMD(v) NF_CAT(NF_FROMD_, NF_T)(v)
 
-static inline nf_v8d nf_splat(double v) { nf_v8d r = {v, v, v, v, v, v, v, v}; return r; }
 
 /* Streaming (non-temporal) stores for large outputs that are not read back soon: a normal
  * store first reads the destination line (read-for-ownership), a streaming store does not,
@@ -99,6 +184,15 @@ static inline void nf_stream8_double(double *p, nf_v8d v)
     memcpy(&c, (const char *)&v + 32, 16); memcpy(&d, (const char *)&v + 48, 16);
     _mm_stream_pd(p, a); _mm_stream_pd(p + 2, b); _mm_stream_pd(p + 4, c); _mm_stream_pd(p + 6, d);
 }
+#if NF_HAVE_F16
+static inline __attribute__((always_inline)) void nf_stream8__Float16(_Float16 *p, nf_v8d v)
+{
+    nf_v8hu h = nf_d2h8(v);
+    __m128i t;
+    memcpy(&t, &h, 16);
+    _mm_stream_si128((__m128i *)p, t);
+}
+#endif
 static inline void nf_stream_fence(void) { _mm_sfence(); }
 /* Bit-exact copy of n bytes, streaming from the first 16-byte aligned destination byte. */
 static inline void nf_copy_bytes(void *dst, const void *src, int64_t n, int stream)
@@ -124,6 +218,9 @@ static inline void nf_copy_bytes(void *dst, const void *src, int64_t n, int stre
 static inline void nf_stream8_float(float *p, nf_v8d v) { nf_v8f f = __builtin_convertvector(v, nf_v8f); memcpy(p, &f, 32); }
 static inline void nf_stream8_double(double *p, nf_v8d v) { memcpy(p, &v, 64); }
 static inline void nf_stream_fence(void) {}
+#if NF_HAVE_F16
+static inline __attribute__((always_inline)) void nf_stream8__Float16(_Float16 *p, nf_v8d v) { NF_STORE8__Float16(p, v); }
+#endif
 #endif
 #define NF_STREAM8(p, v) NF_CAT(nf_stream8_, NF_T)(p, v)
 

@@ -7,24 +7,32 @@
  *   (LayerNorm, RMSNorm, and GroupNorm/InstanceNorm on channels-first input).
  */
 
+/* The leaf loops take 8 values at a time with NF_LOAD8 / NF_STORE8 (the float16 conversions are
+ * vector code, see common.h), then a scalar tail with the same operations. */
+
 /* Scalar math: y[i] = (x[i] - m) * p + q      (stream: non-temporal stores, see common.h) */
 NF_CLONES static void NF_S(nf_seg_apply)(const NF_T *restrict x, NF_T *restrict y, int64_t n,
                                          double m, double p, double q, int stream)
 {
     int64_t i = 0;
-    if (stream) {
-        for (; i < n && ((uintptr_t)(y + i) & 15); ++i) y[i] = (NF_T)(((double)x[i] - m) * p + q);
-        const nf_v8d mv = nf_splat(m), pv = nf_splat(p), qv = nf_splat(q);
-        for (; i + 8 <= n; i += 8) NF_STREAM8(y + i, (NF_LOAD8(x + i) - mv) * pv + qv);
+    if (stream)
+        for (; i < n && ((uintptr_t)(y + i) & 15); ++i) y[i] = NF_FROMD((NF_TOD(x[i]) - m) * p + q);
+    const nf_v8d mv = nf_splat(m), pv = nf_splat(p), qv = nf_splat(q);
+    for (; i + 8 <= n; i += 8) {
+        const nf_v8d v = (NF_LOAD8(x + i) - mv) * pv + qv;
+        if (stream) NF_STREAM8(y + i, v); else NF_STORE8(y + i, v);
     }
-    for (; i < n; ++i) y[i] = (NF_T)(((double)x[i] - m) * p + q);
+    for (; i < n; ++i) y[i] = NF_FROMD((NF_TOD(x[i]) - m) * p + q);
 }
 
 /* Scalar math: y[i] = (x[i] - m) * p + q + dy[i] * r */
 NF_CLONES static void NF_S(nf_seg_apply_dy)(const NF_T *restrict x, const NF_T *restrict dy, NF_T *restrict y,
                                             int64_t n, double m, double p, double q, double r)
 {
-    for (int64_t i = 0; i < n; ++i) y[i] = (NF_T)(((double)x[i] - m) * p + q + (double)dy[i] * r);
+    const nf_v8d mv = nf_splat(m), pv = nf_splat(p), qv = nf_splat(q), rv = nf_splat(r);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) NF_STORE8(y + i, (NF_LOAD8(x + i) - mv) * pv + qv + NF_LOAD8(dy + i) * rv);
+    for (; i < n; ++i) y[i] = NF_FROMD((NF_TOD(x[i]) - m) * p + q + NF_TOD(dy[i]) * r);
 }
 
 /* Scalar math: y[i] = (x[i] - m) * rstd * w[i] + b[i]   (w, b float64 vectors) */
@@ -33,16 +41,16 @@ NF_CLONES static void NF_S(nf_seg_apply_wb)(const NF_T *restrict x, NF_T *restri
                                             int stream)
 {
     int64_t i = 0;
-    if (stream) {
-        for (; i < n && ((uintptr_t)(y + i) & 15); ++i) y[i] = (NF_T)((((double)x[i] - m) * rstd) * w[i] + b[i]);
-        const nf_v8d mv = nf_splat(m), rv = nf_splat(rstd);
-        for (; i + 8 <= n; i += 8) {
-            nf_v8d wv, bv;
-            memcpy(&wv, w + i, 64); memcpy(&bv, b + i, 64);
-            NF_STREAM8(y + i, ((NF_LOAD8(x + i) - mv) * rv) * wv + bv);
-        }
+    if (stream)
+        for (; i < n && ((uintptr_t)(y + i) & 15); ++i) y[i] = NF_FROMD(((NF_TOD(x[i]) - m) * rstd) * w[i] + b[i]);
+    const nf_v8d mv = nf_splat(m), rv = nf_splat(rstd);
+    for (; i + 8 <= n; i += 8) {
+        nf_v8d wv, bv;
+        memcpy(&wv, w + i, 64); memcpy(&bv, b + i, 64);
+        const nf_v8d v = ((NF_LOAD8(x + i) - mv) * rv) * wv + bv;
+        if (stream) NF_STREAM8(y + i, v); else NF_STORE8(y + i, v);
     }
-    for (; i < n; ++i) y[i] = (NF_T)((((double)x[i] - m) * rstd) * w[i] + b[i]);
+    for (; i < n; ++i) y[i] = NF_FROMD(((NF_TOD(x[i]) - m) * rstd) * w[i] + b[i]);
 }
 
 /* Scalar math: y[i] = ((x[i] - m) * rstd) * w[i] + b[i]   (w, b in the input type, either may be
@@ -55,14 +63,14 @@ NF_CLONES static void NF_S(nf_seg_apply_wbT)(const NF_T *restrict x, NF_T *restr
     int64_t i = 0;
     if (stream)
         for (; i < n && ((uintptr_t)(y + i) & 15); ++i)
-            y[i] = (NF_T)((((double)x[i] - m) * rstd) * (w ? (double)w[i] : 1.0) + (b ? (double)b[i] : 0.0));
+            y[i] = NF_FROMD(((NF_TOD(x[i]) - m) * rstd) * (w ? NF_TOD(w[i]) : 1.0) + (b ? NF_TOD(b[i]) : 0.0));
     const nf_v8d mv = nf_splat(m), rv = nf_splat(rstd), one = nf_splat(1.0), zero = nf_splat(0.0);
     for (; i + 8 <= n; i += 8) {
         const nf_v8d v = ((NF_LOAD8(x + i) - mv) * rv) * (w ? NF_LOAD8(w + i) : one) + (b ? NF_LOAD8(b + i) : zero);
         if (stream) NF_STREAM8(y + i, v); else NF_STORE8(y + i, v);
     }
     for (; i < n; ++i)
-        y[i] = (NF_T)((((double)x[i] - m) * rstd) * (w ? (double)w[i] : 1.0) + (b ? (double)b[i] : 0.0));
+        y[i] = NF_FROMD(((NF_TOD(x[i]) - m) * rstd) * (w ? NF_TOD(w[i]) : 1.0) + (b ? NF_TOD(b[i]) : 0.0));
 }
 
 /* Column mode: Scalar math: y[r][l] = (x[r][l] - m[l]) * p[l] + q[l] (+ dy[r][l] * s[l])
@@ -72,23 +80,27 @@ NF_CLONES static void NF_S(nf_col_apply)(const NF_T *restrict x, const NF_T *res
                                          const double *restrict p, const double *restrict q,
                                          const double *restrict s, int stream)
 {
-    if (stream && !dy && L % 8 == 0 && ((uintptr_t)y & 15) == 0) {
-        for (int64_t r = 0; r < rows; ++r)
-            for (int64_t l = 0; l < L; l += 8) {
-                nf_v8d mv, pv, qv;
-                memcpy(&mv, m + l, 64); memcpy(&pv, p + l, 64); memcpy(&qv, q + l, 64);
-                NF_STREAM8(y + r * L + l, (NF_LOAD8(x + r * L + l) - mv) * pv + qv);
-            }
-        return;
-    }
+    stream = stream && !dy && L % 8 == 0 && ((uintptr_t)y & 15) == 0;
     for (int64_t r = 0; r < rows; ++r) {
         const NF_T *restrict xr = x + r * L;
         NF_T *restrict yr = y + r * L;
+        int64_t l = 0;
+        for (; l + 8 <= L; l += 8) {
+            nf_v8d mv, pv, qv;
+            memcpy(&mv, m + l, 64); memcpy(&pv, p + l, 64); memcpy(&qv, q + l, 64);
+            nf_v8d v = (NF_LOAD8(xr + l) - mv) * pv + qv;
+            if (dy) {
+                nf_v8d sv;
+                memcpy(&sv, s + l, 64);
+                v += NF_LOAD8(dy + r * L + l) * sv;
+            }
+            if (stream) NF_STREAM8(yr + l, v); else NF_STORE8(yr + l, v);
+        }
         if (dy) {
             const NF_T *restrict gr = dy + r * L;
-            for (int64_t l = 0; l < L; ++l) yr[l] = (NF_T)(((double)xr[l] - m[l]) * p[l] + q[l] + (double)gr[l] * s[l]);
+            for (; l < L; ++l) yr[l] = NF_FROMD((NF_TOD(xr[l]) - m[l]) * p[l] + q[l] + NF_TOD(gr[l]) * s[l]);
         } else {
-            for (int64_t l = 0; l < L; ++l) yr[l] = (NF_T)(((double)xr[l] - m[l]) * p[l] + q[l]);
+            for (; l < L; ++l) yr[l] = NF_FROMD((NF_TOD(xr[l]) - m[l]) * p[l] + q[l]);
         }
     }
 }
@@ -96,8 +108,9 @@ NF_CLONES static void NF_S(nf_col_apply)(const NF_T *restrict x, const NF_T *res
 typedef struct {
     const NF_T *x, *dy; NF_T *y;
     int64_t B, C, D, L, P, R, K;
-    const double *m, *p, *q, *r, *coef;
+    const double *m, *p, *q, *r;
     int stream;
+    _Atomic int failed;
 } NF_S(nf_apply_ctx);
 
 /* Row mode units: one NF_CHUNK piece of a contiguous segment x[a][b][c][:]. */
@@ -114,50 +127,66 @@ static void NF_S(nf_apply_rows_range)(void *vc, int64_t u0, int64_t u1)
     if (c->stream) nf_stream_fence();   /* each thread orders its own streaming stores */
 }
 
-/* Column mode units: R rows of one sample a, coefficients expanded to its L lanes. */
+/* Column mode units: R rows of one sample a.  The claim expands the coefficients of its
+ * sample to the L lanes (4*L float64: m, p, q, r per lane) in a buffer of its own, again
+ * only when the sample changes: memory stays O(L) per thread, never O(A*L) (issue 12). */
 static void NF_S(nf_apply_cols_range)(void *vc, int64_t u0, int64_t u1)
 {
-    const NF_S(nf_apply_ctx) *c = (const NF_S(nf_apply_ctx) *)vc;
-    const int64_t L = c->L, B = c->B, R = c->R, K = c->K;
+    NF_S(nf_apply_ctx) *c = (NF_S(nf_apply_ctx) *)vc;
+    const int64_t L = c->L, B = c->B, C = c->C, D = c->D, R = c->R, K = c->K;
+    double *cf = NULL;
+    if (D > 1) {    /* D == 1: lane l is channel l, the coefficients are read in place */
+        cf = (double *)malloc((size_t)(4 * L) * sizeof(double));
+        if (!cf) { atomic_store(&c->failed, 1); return; }
+    }
+    int64_t have = -1;
     for (int64_t u = u0; u < u1; ++u) {
         const int64_t a = u / K, b0 = (u % K) * R, b1 = b0 + R < B ? b0 + R : B, o = (a * B + b0) * L;
-        const double *cf = c->coef + 4 * a * L;
+        if (!cf) {
+            const int64_t s = a * C;
+            NF_S(nf_col_apply)(c->x + o, c->dy ? c->dy + o : NULL, c->y + o, b1 - b0, L, c->m + s, c->p + s,
+                               c->q + s, c->r ? c->r + s : NULL, c->stream);
+            continue;
+        }
+        if (a != have) {
+            for (int64_t l = 0; l < L; ++l) {
+                const int64_t s = a * C + l / D;
+                cf[l] = c->m[s]; cf[L + l] = c->p[s]; cf[2 * L + l] = c->q[s]; cf[3 * L + l] = c->r ? c->r[s] : 0.0;
+            }
+            have = a;
+        }
         NF_S(nf_col_apply)(c->x + o, c->dy ? c->dy + o : NULL, c->y + o, b1 - b0, L, cf, cf + L, cf + 2 * L,
                            cf + 3 * L, c->stream);
     }
     if (c->stream) nf_stream_fence();
+    free(cf);
 }
 
-/* y may alias x (in place).  dy/r may be NULL.  Coefficients: A*C float64 each. */
+/* y may alias x (in place).  dy/r may be NULL.  Coefficients: A*C float64 each.
+ * Returns 0, or -1 when memory runs out. */
 static int NF_S(nf_apply4d)(const NF_T *x, const NF_T *dy, NF_T *y, int64_t A, int64_t B, int64_t C, int64_t D,
                             const double *m, const double *p, const double *q, const double *r, int nt)
 {
     const int64_t L = C * D, total = A * B * L;
     if (total == 0) return 0;
     const int nth = nf_threads(nt, total);
-    NF_S(nf_apply_ctx) c = {x, dy, y, B, C, D, L, 0, 0, 0, m, p, q, r, NULL,
-                            NF_HAVE_STREAM && y != x && total * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN};
+    NF_S(nf_apply_ctx) c = {x, dy, y, B, C, D, L, 0, 0, 0, m, p, q, r,
+                            NF_HAVE_STREAM && y != x && total * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN, 0};
     if (D >= NF_ROW_MIN) {
         c.P = nf_cdiv(D, NF_CHUNK);
         const int64_t U = A * B * C * c.P;
         nf_parallel(nth, U, nf_grain(total / U, NF_GRAIN_VALUES), NF_S(nf_apply_rows_range), &c);
         return 0;
     }
-    /* Column mode: coefficients expanded to L lanes per sample a ([a][4][L]), then blocks of rows. */
-    double *coef = (double *)malloc((size_t)(4 * A * L) * sizeof(double));
-    if (!coef) return -1;
-    for (int64_t a = 0; a < A; ++a)
-        for (int64_t l = 0; l < L; ++l) {
-            const int64_t s = a * C + l / D;
-            double *cf = coef + 4 * a * L;
-            cf[l] = m[s]; cf[L + l] = p[s]; cf[2 * L + l] = q[s]; cf[3 * L + l] = r ? r[s] : 0.0;
-        }
-    c.coef = coef;
+    /* Column mode: blocks of R rows of one sample (coefficients expanded per claim). */
     c.R = NF_CHUNK / L; if (c.R < 1) c.R = 1;
     c.K = nf_cdiv(B, c.R);
-    nf_parallel(nth, A * c.K, nf_grain(c.R * L, NF_GRAIN_VALUES), NF_S(nf_apply_cols_range), &c);
-    free(coef);
-    return 0;
+    /* A claim expands 4*L coefficients (D > 1): at least 16 rows per claim keep that under a
+     * quarter of the claim's work when rows are long (L > NF_CHUNK, R = 1). */
+    int64_t grain = nf_grain(c.R * L, NF_GRAIN_VALUES);
+    if (D > 1 && grain * c.R < 16) grain = nf_cdiv(16, c.R);
+    nf_parallel(nth, A * c.K, grain, NF_S(nf_apply_cols_range), &c);
+    return atomic_load(&c.failed) ? -1 : 0;
 }
 
 /* Fused rows: for each row i of N values, statistics then normalization.
@@ -221,10 +250,13 @@ static int NF_S(nf_rows_forward_T)(const NF_T *x, NF_T *y, int64_t M, int64_t N,
     return 0;
 }
 
-/* Scalar math: h[i] = (T)(x[i] + r[i])  (rounded to the input type, as the unfused add) */
+/* Scalar math: h[i] = (T)(x[i] + r[i])  (rounded to the input type, as the unfused add: the float64
+ * sum of two float32 or float16 values rounds to the same value as their sum in the type) */
 NF_CLONES static void NF_S(nf_seg_add)(const NF_T *x, const NF_T *r, NF_T *h, int64_t n)
 {
-    for (int64_t i = 0; i < n; ++i) h[i] = x[i] + r[i];
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) NF_STORE8(h + i, NF_LOAD8(x + i) + NF_LOAD8(r + i));
+    for (; i < n; ++i) h[i] = NF_FROMD(NF_TOD(x[i]) + NF_TOD(r[i]));
 }
 
 /* Fused residual add + row normalization (transformer blocks):

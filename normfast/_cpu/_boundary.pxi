@@ -29,13 +29,21 @@ cdef void *_data(object a, str name, int typenum, int64_t size, bint write=False
     return cnp.PyArray_DATA(arr)
 
 
+cdef extern from "common.h":
+    int NF_HAVE_F16          # the kernels are instantiated for float16 (_Float16)
+
+HAVE_F16 = bool(NF_HAVE_F16)
+
+
 cdef int _float_type(object x) except -1:
-    """NPY_FLOAT32 or NPY_FLOAT64: the element type of the kernel call (x's)."""
+    """NPY_FLOAT32, NPY_FLOAT64 or (where the kernels have _Float16) NPY_FLOAT16: the element
+    type of the kernel call (x's)."""
     if isinstance(x, cnp.ndarray):
         t = cnp.PyArray_TYPE(<cnp.ndarray>x)
-        if t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64:
+        if t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64 or (t == cnp.NPY_FLOAT16 and NF_HAVE_F16):
             return t
-    raise TypeError("normfast kernel boundary: x must be a float32 or float64 NumPy array")
+    raise TypeError("normfast kernel boundary: x must be a float32 or float64 NumPy array"
+                    + (" (or float16)" if NF_HAVE_F16 else ""))
 
 
 cdef int64_t _prod(int64_t a, int64_t b, int64_t c=1, int64_t d=1) except -1:

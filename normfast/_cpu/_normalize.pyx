@@ -32,6 +32,26 @@ cdef extern from "normalize.h" nogil:
                                const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
     int nf_samples_forward_f64(const double *x, double *y, int64_t A, int64_t B, int64_t G, int64_t D,
                                const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
+    ctypedef unsigned short nf_half     # _Float16 in C (only passed by pointer here)
+    int nf_apply4d_f16(const nf_half *x, const nf_half *dy, nf_half *y, int64_t A, int64_t B, int64_t C,
+                       int64_t D, const double *m, const double *p, const double *q, const double *r, int nt)
+    int nf_rows_forward_f16(const nf_half *x, nf_half *y, int64_t M, int64_t N, const double *w, const double *b,
+                            int64_t seg, int64_t period, double eps, int rms, double *mean, double *rstd, int nt)
+    int nf_rows_add_forward_f16(const nf_half *x, const nf_half *res, nf_half *h, nf_half *y, int64_t M,
+                                int64_t N, const double *w, const double *b, double eps, int rms, double *mean,
+                                double *rstd, int nt)
+    int nf_samples_forward_f16(const nf_half *x, nf_half *y, int64_t A, int64_t B, int64_t G, int64_t D,
+                               const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
+
+cdef extern from *:
+    """
+    #if !NF_HAVE_F16   /* no _Float16: never called (the boundary rejects float16), -2 if it were */
+    #define nf_apply4d_f16(...) (-2)
+    #define nf_rows_forward_f16(...) (-2)
+    #define nf_rows_add_forward_f16(...) (-2)
+    #define nf_samples_forward_f16(...) (-2)
+    #endif
+    """
 
 
 include "_boundary.pxi"
@@ -51,7 +71,10 @@ def apply4d(x, dy, y, int64_t A, int64_t B, int64_t C, int64_t D, m, p, q, r, in
     cdef const double *pq = <const double *>_data(q, "q", F64, S)
     cdef const double *pr = <const double *>_data(r, "r", F64, S, False, dy is None)
     with nogil:
-        if t == cnp.NPY_FLOAT32:
+        if t == cnp.NPY_FLOAT16:
+            rc = nf_apply4d_f16(<const nf_half *>px, <const nf_half *>pg, <nf_half *>py, A, B, C, D, pm, pp, pq, pr,
+                                nt)
+        elif t == cnp.NPY_FLOAT32:
             rc = nf_apply4d_f32(<const float *>px, <const float *>pg, <float *>py, A, B, C, D, pm, pp, pq, pr, nt)
         else:
             rc = nf_apply4d_f64(<const double *>px, <const double *>pg, <double *>py, A, B, C, D, pm, pp, pq, pr, nt)
@@ -78,7 +101,10 @@ def rows_forward(x, y, int64_t M, int64_t N, w, b, int64_t seg, int64_t period, 
     cdef double *pmean = <double *>_data(mean, "mean", F64, M, True)
     cdef double *prstd = <double *>_data(rstd, "rstd", F64, M, True)
     with nogil:
-        if t == cnp.NPY_FLOAT32:
+        if t == cnp.NPY_FLOAT16:
+            rc = nf_rows_forward_f16(<const nf_half *>px, <nf_half *>py, M, N, pw, pb, seg, period, eps, rms,
+                                     pmean, prstd, nt)
+        elif t == cnp.NPY_FLOAT32:
             rc = nf_rows_forward_f32(<const float *>px, <float *>py, M, N, pw, pb, seg, period, eps, rms,
                                      pmean, prstd, nt)
         else:
@@ -103,7 +129,10 @@ def rows_add_forward(x, res, h, y, int64_t M, int64_t N, w, b, double eps, bint 
     cdef double *pmean = <double *>_data(mean, "mean", F64, M, True)
     cdef double *prstd = <double *>_data(rstd, "rstd", F64, M, True)
     with nogil:
-        if t == cnp.NPY_FLOAT32:
+        if t == cnp.NPY_FLOAT16:
+            rc = nf_rows_add_forward_f16(<const nf_half *>px, <const nf_half *>pr, <nf_half *>ph, <nf_half *>py, M, N,
+                                         pw, pb, eps, rms, pmean, prstd, nt)
+        elif t == cnp.NPY_FLOAT32:
             rc = nf_rows_add_forward_f32(<const float *>px, <const float *>pr, <float *>ph, <float *>py, M, N, pw, pb,
                                          eps, rms, pmean, prstd, nt)
         else:
@@ -126,7 +155,9 @@ def samples_forward(x, y, int64_t A, int64_t B, int64_t G, int64_t D, w, b, doub
     cdef double *pmean = <double *>_data(mean, "mean", F64, _prod(A, G), True)
     cdef double *prstd = <double *>_data(rstd, "rstd", F64, _prod(A, G), True)
     with nogil:
-        if t == cnp.NPY_FLOAT32:
+        if t == cnp.NPY_FLOAT16:
+            rc = nf_samples_forward_f16(<const nf_half *>px, <nf_half *>py, A, B, G, D, pw, pb, eps, pmean, prstd, nt)
+        elif t == cnp.NPY_FLOAT32:
             rc = nf_samples_forward_f32(<const float *>px, <float *>py, A, B, G, D, pw, pb, eps, pmean, prstd, nt)
         else:
             rc = nf_samples_forward_f64(<const double *>px, <double *>py, A, B, G, D, pw, pb, eps, pmean, prstd, nt)
