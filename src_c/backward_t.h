@@ -158,7 +158,8 @@ static int NF_S(nf_rows_backward)(const NF_T *x, const NF_T *dy, const NF_T *gh,
     if (db && !(pb = (double *)calloc((size_t)(NB * N), sizeof(double)))) { free(pw); return -1; }
     NF_S(nf_bwd_ctx) c = {x, dy, gh, N, M, RB, mean, rstd, w, dx, pw, pb, dw, db, NB,
                           NF_HAVE_STREAM && dx && (const void *)dx != (const void *)x
-                          && (const void *)dx != (const void *)dy && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN};
+                          && (const void *)dx != (const void *)dy
+                          && (const void *)dx != (const void *)gh && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN};
     nf_parallel(nf_threads(nt, M * N), NB, nf_grain(RB * N, NF_GRAIN_VALUES), NF_S(nf_bwd_range), &c);
     if (pw || pb) nf_parallel(nf_threads(nt, NB * N), N, nf_grain(NB, NF_GRAIN_VALUES), NF_S(nf_bwd_sum_range), &c);
     free(pw); free(pb);
