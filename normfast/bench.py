@@ -1068,7 +1068,7 @@ def make_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and of the interleaving order")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing peers")
-    p.add_argument("--scenario", choices=("kernels", "pipeline"), default="kernels",
+    p.add_argument("--scenario", choices=("kernels", "pipeline", "training"), default="kernels",
                    help="kernels: the operators against NumPy/PyTorch/CuPy (default); pipeline: "
                         "StandardScaler against scikit-learn, dask-ml and plain Dask (normfast.bench_pipeline)")
     return p
@@ -1120,6 +1120,8 @@ def main(argv=None):
         if args.scenario == "pipeline":
             from . import bench_pipeline
             return bench_pipeline.run(args)
+        if args.scenario == "training":
+            return __import__("normfast.bench_training", fromlist=["run"]).run(args)
         threads = nf.get_num_threads()
         if env.torch is not None:
             try:

@@ -840,3 +840,28 @@ def test_out_torch_in_place():
     gx, gw, _ = normfast.layer_norm_backward(g, x, mean, rstd, 96, w, out=g)
     assert gx is g
     torch.testing.assert_close(g, xt.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_training_scenario(tmp_path, capsys):
+    """`python -m normfast bench --scenario training --quick`: every operator and layout has
+    forward+backward and backward rows for normfast (allocated and out=) and the copy roofline,
+    with normfast's grad_x close to torch's float64 autograd."""
+    pytest.importorskip("torch")
+    from normfast import bench
+    path = tmp_path / "t.json"
+    assert bench.main(["--scenario", "training", "--quick", "--reps", "1", "--backends", "torch",
+                       "--json", str(path)]) == 0
+    assert "forward+backward" in capsys.readouterr().out
+    import json
+    rows = json.loads(path.read_text())["results"]
+    from normfast.bench_training import CASES
+    keys = {(r["op"], r["shape"].split(" ")[-1] if " " in r["shape"] else "rows", r["phase"], r["backend"])
+            for r in rows}
+    for op, layout, _, _ in CASES:
+        for phase in ("forward+backward", "backward"):
+            for backend in ("normfast", "normfast out=", "torch", "copy"):
+                assert (op, layout, phase, backend) in keys, (op, layout, phase, backend)
+    for r in rows:
+        assert r["median_s"] > 0 and r["gbps"] > 0
+        if r["backend"] == "normfast":
+            assert r["max_rel_err"] < 1e-5
