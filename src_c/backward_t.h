@@ -45,8 +45,14 @@ NF_CLONES static void NF_S(nf_rows_bwd_tile)(const NF_T *restrict x, const NF_T 
                                              const NF_T *restrict gh, NF_T *restrict dx, int64_t R, int64_t N,
                                              const double *mr, const double *rr, const double *c1,
                                              const double *c2, const double *restrict w, double *restrict dw,
-                                             double *restrict db, int stream)
+                                             double *restrict db, int stream, int64_t P)
 {
+    /* Rows [R, R + P) after the tile (the next tile, not yet read) are prefetched line by line
+     * while this tile is computed from cache: the memory stream keeps going during the arithmetic
+     * instead of stalling at the start of every row's sums. */
+    const char *px = (const char *)(x + R * N), *pdy = (const char *)(dy + R * N);
+    const int64_t pbytes = P * N * (int64_t)sizeof(NF_T);
+    int64_t pdone = 0;
     const int vstream = stream && dx && ((uintptr_t)dx & 15) == 0 && (N * (int64_t)sizeof(NF_T)) % 16 == 0;
     int64_t j = 0;
     /* 16 columns per step: a whole 64-byte line of float32 dx per row, so the streaming
@@ -56,6 +62,11 @@ NF_CLONES static void NF_S(nf_rows_bwd_tile)(const NF_T *restrict x, const NF_T 
         memcpy(&w0, w + j, 64); memcpy(&w1, w + j + 8, 64);
         if (dw) { memcpy(&dw0, dw + j, 64); memcpy(&dw1, dw + j + 8, 64); }
         if (db) { memcpy(&db0, db + j, 64); memcpy(&db1, db + j + 8, 64); }
+        /* the same share of the next rows as this step's share of the tile */
+        for (const int64_t pend = pbytes * (j + 16) / N; pdone < pend; pdone += 64) {
+            __builtin_prefetch(px + pdone);
+            __builtin_prefetch(pdy + pdone);
+        }
         for (int64_t r = 0; r < R; ++r) {
             const NF_T *xr = x + r * N + j, *gr = dy + r * N + j;
             const nf_v8d rv = nf_splat(rr[r]), mv = nf_splat(mr[r]);
@@ -116,9 +127,11 @@ static void NF_S(nf_bwd_range)(void *vc, int64_t b0, int64_t b1)
                     c2[r] = acc[1] / (double)N;
                 }
             }
+            const int64_t P = i1 - i0 - R < NF_BWD_TILE ? i1 - i0 - R : NF_BWD_TILE;
             NF_S(nf_rows_bwd_tile)(x + i0 * N, dy + i0 * N, c->gh ? c->gh + i0 * N : NULL,
                                    c->dx ? c->dx + i0 * N : NULL, R, N, mr, c->rstd + i0, c1, c2, c->w,
-                                   c->pw ? c->pw + blk * N : NULL, c->pb ? c->pb + blk * N : NULL, c->stream);
+                                   c->pw ? c->pw + blk * N : NULL, c->pb ? c->pb + blk * N : NULL, c->stream,
+                                   c->dx ? P : 0);
         }
     }
     if (c->stream) nf_stream_fence();
