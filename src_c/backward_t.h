@@ -10,29 +10,29 @@
  * depend on the thread count and no atomics are used.
  */
 
-/* First pass.  Scalar math: xh = (x - m) * rstd; g = w * dy; s1 += g; s2 += g * xh
- * (16 lanes, merged in a fixed order into acc[0] = s1, acc[1] = s2) */
+/* First pass.  Scalar math: g = w * dy; s1 += g; s2 += g * (x - m); then s2 *= rstd
+ * (16 lanes, merged in a fixed order into acc[0] = s1, acc[1] = s2 = sum(g * xh)) */
 NF_CLONES static void NF_S(nf_row_bwd_sums)(const NF_T *restrict x, const NF_T *restrict dy, int64_t n, double m,
                                             double rstd, const double *restrict w, double *restrict acc)
 {
     double s1[NF_LANES], s2[NF_LANES];
-    nf_v8d a0 = nf_splat(0.0), a1 = a0, b0 = a0, b1 = a0, mv = nf_splat(m), rv = nf_splat(rstd);
+    nf_v8d a0 = nf_splat(0.0), a1 = a0, b0 = a0, b1 = a0;
     int64_t i = 0;
     for (; i + NF_LANES <= n; i += NF_LANES) {
         nf_v8d w0, w1;
         memcpy(&w0, w + i, 64); memcpy(&w1, w + i + 8, 64);
         const nf_v8d g0 = w0 * NF_LOAD8(dy + i), g1 = w1 * NF_LOAD8(dy + i + 8);
         a0 += g0; a1 += g1;
-        b0 += g0 * ((NF_LOAD8(x + i) - mv) * rv); b1 += g1 * ((NF_LOAD8(x + i + 8) - mv) * rv);
+        b0 += g0 * (NF_LOAD8(x + i) - m); b1 += g1 * (NF_LOAD8(x + i + 8) - m);
     }
     memcpy(s1, &a0, 64); memcpy(s1 + 8, &a1, 64); memcpy(s2, &b0, 64); memcpy(s2 + 8, &b1, 64);
     for (int j = 0; i + j < n; ++j) {
-        double xh = ((double)x[i + j] - m) * rstd, g = w[i + j] * (double)dy[i + j];
-        s1[j] += g; s2[j] += g * xh;
+        double g = w[i + j] * (double)dy[i + j];
+        s1[j] += g; s2[j] += g * ((double)x[i + j] - m);
     }
     double a = 0.0, b = 0.0;
     for (int j = 0; j < NF_LANES; ++j) { a += s1[j]; b += s2[j]; }
-    acc[0] = a; acc[1] = b;
+    acc[0] = a; acc[1] = b * rstd;
 }
 
 /* Second pass over a tile of R <= NF_BWD_TILE consecutive rows (in cache after the sums):
