@@ -219,16 +219,19 @@ def grad_finish(out, x, dxk):
 def rows_backward(dy, x, M, N, mean, rstd, w, needs, gh=None, out=None):
     """Row-wise backward (Layer/RMS).  needs = (dx, dw, db); gh (optional) is added to dx.
     out: the checked ``out=`` (see grad_target), written directly when the kernel can (C-contiguous,
-    aligned, kernel dtype, CPU engine).  Returns (dx (kernel dtype, or out), dw, db), dw/db float64."""
+    aligned, kernel dtype).  Returns (dx (kernel dtype, or out), dw, db), dw/db float64."""
     xk = as_kernel_input(x)
     dyk = kernel_array(dy, xk.dtype)
     ghk = None if gh is None else kernel_array(gh, xk.dtype)
     mean = None if mean is None else np.ascontiguousarray(mean, dtype=np.float64).reshape(-1)
     rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
     eng = engine()
-    if needs[0] and out is not None and eng is CpuEngine:
+    # The CPU kernel reads every element of a row tile before writing it, so dx may be x, dy or gh;
+    # the GPU engine reads x and dy again for dw/db after the dx kernel: in place there goes through
+    # a separate buffer.
+    if needs[0] and out is not None and (eng is CpuEngine or not any(out is a for a in (x, dy, gh))):
         dxk = target(out, xk)
-        if dxk is not out and out is dy:
+        if dxk is not out and out is dy and eng is CpuEngine:
             dxk = dyk                     # in place on a grad_out the kernel reads through a copy
         return eng.rows_backward(xk, dyk, M, N, mean, rstd, w, *needs, gh=ghk, dx=dxk.reshape(xk.shape))
     return eng.rows_backward(xk, dyk, M, N, mean, rstd, w, *needs, gh=ghk)
