@@ -907,3 +907,4 @@ def test_out_on_the_gpu_route(monkeypatch, name):
             if f is not None:
                 np.testing.assert_array_equal(cp.asnumpy(g) if hasattr(g, "device") else g,
                                               cp.asnumpy(f) if hasattr(f, "device") else f)
+
