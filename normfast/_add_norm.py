@@ -76,7 +76,7 @@ def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=No
     return (y, h, rstd) if return_stats else (y, h)
 
 
-def _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, rms, fname):
+def _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, rms, fname, out):
     h = check_float_array(h, "h")
     dy = _core.check_grad_out(grad_y, h)
     if grad_h is not None:
@@ -90,21 +90,28 @@ def _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, rms, 
     w = check_param(weight, shape, "weight")
     M, N = _core.prod(lead), _core.prod(shape)
     needs = (True, w is not None, w is not None and not rms)
-    dx, dw, db = _core.rows_backward(dy, h, M, N, mean, rstd, None if w is None else w.reshape(-1), needs, grad_h)
-    dx = dx.reshape(h.shape).astype(h.dtype, copy=False)
+    out = _core.grad_target(out, h, dy, fname, grad_h)
+    dx, dw, db = _core.rows_backward(dy, h, M, N, mean, rstd, None if w is None else w.reshape(-1), needs, grad_h,
+                                     out=out)
+    dx = _core.grad_finish(out, h, dx)
     dw = None if dw is None else _core.grad_cast(dw.reshape(shape), h, weight)
     db = None if db is None else _core.grad_cast(db.reshape(shape), h, weight)
     return dx, dw, db
 
 
-def add_layer_norm_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight=None):
+def add_layer_norm_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight=None, *, out=None):
     """Gradients of :func:`add_layer_norm`: ``(grad_input, grad_weight, grad_bias)``.
     ``grad_h`` (gradient reaching h from the next block, or None) is added to the norm's input
-    gradient in the same pass; ``grad_input`` is the gradient of both x and residual."""
-    return _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, False, "add_layer_norm_backward")
+    gradient in the same pass; ``grad_input`` is the gradient of both x and residual.
+    out : optional array for grad_input (h's shape and dtype); may be ``grad_y``, ``grad_h`` or
+    ``h`` itself (in place), must not overlap them otherwise."""
+    return _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, False, "add_layer_norm_backward",
+                         out)
 
 
-def add_rms_norm_backward(grad_y, grad_h, h, rstd, normalized_shape, weight=None):
-    """Gradients of :func:`add_rms_norm`: ``(grad_input, grad_weight)``."""
-    dx, dw, _ = _add_backward(grad_y, grad_h, h, None, rstd, normalized_shape, weight, True, "add_rms_norm_backward")
+def add_rms_norm_backward(grad_y, grad_h, h, rstd, normalized_shape, weight=None, *, out=None):
+    """Gradients of :func:`add_rms_norm`: ``(grad_input, grad_weight)``; ``out`` as in
+    :func:`add_layer_norm_backward`."""
+    dx, dw, _ = _add_backward(grad_y, grad_h, h, None, rstd, normalized_shape, weight, True, "add_rms_norm_backward",
+                              out)
     return dx, dw

@@ -66,14 +66,15 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
 
 
 def batch_norm_backward(grad_out, x, mean, rstd, weight=None, training=True, *, channel_axis=1,
-                        needs_input_grad=(True, True, True)):
+                        needs_input_grad=(True, True, True), out=None):
     """Gradients of :func:`batch_norm`: ``(grad_x, grad_weight, grad_bias)``.
 
     mean, rstd : (C,) as returned with ``return_stats=True`` (the batch statistics when
     training, the running statistics otherwise).  ``training=False`` is the eval-mode
     gradient (statistics are constants): ``grad_x = grad_out * rstd * weight``.
     Two passes: per-channel sums of grad_out and grad_out * x_hat (float64, fixed order),
-    then grad_x.
+    then grad_x.  out : optional array for grad_x (x's shape and dtype); may be ``grad_out`` or
+    ``x`` itself (in place), must not overlap them otherwise.
     """
     x = check_float_array(x)
     dy = _core.check_grad_out(grad_out, x)
@@ -83,5 +84,6 @@ def batch_norm_backward(grad_out, x, mean, rstd, weight=None, training=True, *, 
     w = check_param(weight, (C,), "weight")
     nx, nw, nb = _core.check_needs(needs_input_grad, 3, "batch_norm_backward")
     nw, nb = nw and w is not None, nb and w is not None
-    dx, dw, db = _core.channel_backward(dy, x, (1, B, C, D), mean, rstd, w, 1, bool(training), (nx, nw, nb))
+    out = _core.grad_target(out, x, dy, "batch_norm_backward")
+    dx, dw, db = _core.channel_backward(dy, x, (1, B, C, D), mean, rstd, w, 1, bool(training), (nx, nw, nb), out)
     return dx, _core.grad_cast(dw, x, weight), _core.grad_cast(db, x, weight)

@@ -191,18 +191,53 @@ def normalize_along(x, axes, w, b, eps, out, rms=False):
     return y, mean.reshape(stat_shape), rstd.reshape(stat_shape)
 
 
-def rows_backward(dy, x, M, N, mean, rstd, w, needs, gh=None):
+def grad_target(out, x, dy, fname, gh=None):
+    """The checked ``out=`` of a backward: None, or a writable array of x's shape and dtype that is
+    either separate from x / grad_out (/ grad_h) or exactly one of them (in place: the kernels read
+    every element before writing it).  Partial overlaps: ValueError."""
+    from ._checks import check_out, check_separate
+    if out is None:
+        return None
+    out = check_out(out, x.shape, x.dtype, dy)
+    check_separate(fname, [("x", x), ("grad_out", dy), ("grad_h", gh)], [("out", out)])
+    return out
+
+
+def grad_finish(out, x, dxk):
+    """grad_x in x's shape and dtype: ``out`` itself when given (copied into when the kernel
+    could not write it directly), else the kernel's buffer."""
+    if dxk is None:
+        return None
+    dxk = dxk.reshape(x.shape)
+    if out is None:
+        return dxk.astype(x.dtype, copy=False)
+    if dxk is not out:
+        engine().xp.copyto(out, dxk, casting="unsafe")
+    return out
+
+
+def rows_backward(dy, x, M, N, mean, rstd, w, needs, gh=None, out=None):
     """Row-wise backward (Layer/RMS).  needs = (dx, dw, db); gh (optional) is added to dx.
-    Returns float64 dw/db."""
+    out: the checked ``out=`` (see grad_target), written directly when the kernel can (C-contiguous,
+    aligned, kernel dtype).  Returns (dx (kernel dtype, or out), dw, db), dw/db float64."""
     xk = as_kernel_input(x)
     dyk = kernel_array(dy, xk.dtype)
     ghk = None if gh is None else kernel_array(gh, xk.dtype)
     mean = None if mean is None else np.ascontiguousarray(mean, dtype=np.float64).reshape(-1)
     rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
-    return engine().rows_backward(xk, dyk, M, N, mean, rstd, w, *needs, gh=ghk)
+    eng = engine()
+    # The CPU kernel reads every element of a row tile before writing it, so dx may be x, dy or gh;
+    # the GPU engine reads x and dy again for dw/db after the dx kernel: in place there goes through
+    # a separate buffer.
+    if needs[0] and out is not None and (eng is CpuEngine or not any(out is a for a in (x, dy, gh))):
+        dxk = target(out, xk)
+        if dxk is not out and out is dy and eng is CpuEngine:
+            dxk = dyk                     # in place on a grad_out the kernel reads through a copy
+        return eng.rows_backward(xk, dyk, M, N, mean, rstd, w, *needs, gh=ghk, dx=dxk.reshape(xk.shape))
+    return eng.rows_backward(xk, dyk, M, N, mean, rstd, w, *needs, gh=ghk)
 
 
-def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs):
+def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs, out=None):
     """Backward of a per-channel-affine norm on x[A, B, C, D] (channel c, sample a).
 
     mean/rstd: float64 per (a, c) (group statistics repeated over the group's channels);
@@ -211,6 +246,7 @@ def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs):
       dx = rstd * (g - sum(g) / n - xh * sum(g * xh) / n)     (training)
       dx = rstd * g                                             (statistics constant)
     evaluated as dx = dy * alpha + (x - mean) * beta + gamma with per-(a, c) coefficients.
+    out: the checked ``out=`` (see grad_target), written directly when the kernel can.
     Returns (dx, dw, db) with dw/db float64 (C,) (None where not needed)."""
     A, B, C, D = dims
     xk = as_kernel_input(x)
@@ -237,11 +273,12 @@ def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs):
             beta, gamma = -rs * rs * s2 / n, -rs * s1 / n
         else:
             beta = gamma = np.zeros_like(alpha)
-        dx = engine().empty(xk.shape, xk.dtype)
+        dx = target(out, xk)
+        if dx is not out and out is dy:
+            dx = dyk                      # in place on a grad_out the kernel reads through a copy
         engine().apply(xk, dims, mean, np.ascontiguousarray(beta.reshape(-1)), np.ascontiguousarray(gamma.reshape(-1)),
                      dx, dyk, np.ascontiguousarray(alpha.reshape(-1)))
-        if dx.dtype != x.dtype:
-            dx = dx.astype(x.dtype)
+        dx = grad_finish(out, x, dx)
     return dx, dw, db
 
 

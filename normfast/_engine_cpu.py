@@ -107,10 +107,13 @@ class CpuEngine:
         return mean, rstd
 
     @staticmethod
-    def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db, gh=None):
+    def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db, gh=None, dx=None):
         """Row-wise (Layer/RMS) backward; gh (optional, M x N) is added to dx in the same pass.
+        dx: the buffer to write (may be x, dy or gh itself), else one is allocated.
         Returns (dx or None, dw or None, db or None); dw/db float64."""
-        dx = empty_aligned(x.shape, x.dtype) if need_dx else None
+        if dx is None and need_dx:
+            dx = empty_aligned(x.shape, x.dtype)
+        dx = dx if need_dx else None
         dw = np.empty(N, dtype=np.float64) if need_dw else None
         db = np.empty(N, dtype=np.float64) if need_db else None
         if w is None:

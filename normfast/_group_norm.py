@@ -54,9 +54,10 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
 
 
 def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight=None, *, channel_axis=1,
-                        needs_input_grad=(True, True, True)):
+                        needs_input_grad=(True, True, True), out=None):
     """Gradients of :func:`group_norm`: ``(grad_x, grad_weight, grad_bias)``; mean/rstd (N, G)
-    as returned with ``return_stats=True``."""
+    as returned with ``return_stats=True``.  out : optional array for grad_x (x's shape and
+    dtype); may be ``grad_out`` or ``x`` itself (in place), must not overlap them otherwise."""
     x = check_float_array(x)
     dy = _core.check_grad_out(grad_out, x)
     N, pre, C, post = sample_channel_dims(x, channel_axis, "group_norm_backward")
@@ -69,6 +70,7 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight=None, *, cha
     nx, nw, nb = _core.check_needs(needs_input_grad, 3, "group_norm_backward")
     nw, nb = nw and w is not None, nb and w is not None
     Cg = C // G
+    out = _core.grad_target(out, x, dy, "group_norm_backward")
     dx, dw, db = _core.channel_backward(dy, x, (N, pre, C, post), np.repeat(mean, Cg), np.repeat(rstd, Cg), w, Cg,
-                                        True, (nx, nw, nb))
+                                        True, (nx, nw, nb), out)
     return dx, _core.grad_cast(dw, x, weight), _core.grad_cast(db, x, weight)

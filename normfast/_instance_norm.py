@@ -61,9 +61,10 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
 
 
 def instance_norm_backward(grad_out, x, mean, rstd, weight=None, *, channel_axis=1,
-                           needs_input_grad=(True, True, True)):
+                           needs_input_grad=(True, True, True), out=None):
     """Gradients of :func:`instance_norm` with input statistics: ``(grad_x, grad_weight,
-    grad_bias)``; mean/rstd (N, C) as returned with ``return_stats=True``."""
+    grad_bias)``; mean/rstd (N, C) as returned with ``return_stats=True``.  out : optional array
+    for grad_x (x's shape and dtype); may be ``grad_out`` or ``x`` itself (in place)."""
     x = check_float_array(x)
     dy = _core.check_grad_out(grad_out, x)
     N, pre, C, post = sample_channel_dims(x, channel_axis, "instance_norm_backward")
@@ -72,5 +73,6 @@ def instance_norm_backward(grad_out, x, mean, rstd, weight=None, *, channel_axis
     w = check_param(weight, (C,), "weight")
     nx, nw, nb = _core.check_needs(needs_input_grad, 3, "instance_norm_backward")
     nw, nb = nw and w is not None, nb and w is not None
-    dx, dw, db = _core.channel_backward(dy, x, (N, pre, C, post), mean, rstd, w, 1, True, (nx, nw, nb))
+    out = _core.grad_target(out, x, dy, "instance_norm_backward")
+    dx, dw, db = _core.channel_backward(dy, x, (N, pre, C, post), mean, rstd, w, 1, True, (nx, nw, nb), out)
     return dx, _core.grad_cast(dw, x, weight), _core.grad_cast(db, x, weight)

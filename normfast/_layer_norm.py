@@ -44,7 +44,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
 
 
 def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, *,
-                        needs_input_grad=(True, True, True)):
+                        needs_input_grad=(True, True, True), out=None):
     """Gradients of :func:`layer_norm`: ``(grad_x, grad_weight, grad_bias)``.
 
     mean, rstd : as returned by ``layer_norm(..., return_stats=True)`` (any float dtype).
@@ -52,6 +52,8 @@ def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, 
     ``weight`` is None) is returned as None and not computed.  Per row: one pass for the
     two reductions (and the grad_weight/grad_bias partials), one pass for grad_x while the
     row is in cache; reductions in float64, independent of the thread count.
+    out : optional array for grad_x (x's shape and dtype); may be ``grad_out`` or ``x`` itself
+    (in place, as frameworks do to save memory), must not overlap them otherwise.
     """
     x = check_float_array(x)
     dy = _core.check_grad_out(grad_out, x)
@@ -62,10 +64,11 @@ def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, 
     w = check_param(weight, shape, "weight")
     nx, nw, nb = _core.check_needs(needs_input_grad, 3, "layer_norm_backward")
     nw, nb = nw and w is not None, nb and w is not None
+    out = _core.grad_target(out, x, dy, "layer_norm_backward")
     M, N = _core.prod(lead), _core.prod(shape)
-    dx, dw, db = _core.rows_backward(dy, x, M, N, mean, rstd, None if w is None else w.reshape(-1), (nx, nw, nb))
-    if dx is not None:
-        dx = dx.reshape(x.shape).astype(x.dtype, copy=False)
+    dx, dw, db = _core.rows_backward(dy, x, M, N, mean, rstd, None if w is None else w.reshape(-1), (nx, nw, nb),
+                                     out=out)
+    dx = _core.grad_finish(out, x, dx)
     dw = None if dw is None else _core.grad_cast(dw.reshape(shape), x, weight)
     db = None if db is None else _core.grad_cast(db.reshape(shape), x, weight)
     return dx, dw, db

@@ -21,9 +21,10 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_sta
     return (y, rstd) if return_stats else y
 
 
-def rms_norm_backward(grad_out, x, rstd, normalized_shape, weight=None, *, needs_input_grad=(True, True)):
+def rms_norm_backward(grad_out, x, rstd, normalized_shape, weight=None, *, needs_input_grad=(True, True), out=None):
     """Gradients of :func:`rms_norm`: ``(grad_x, grad_weight)``; rstd as returned with
-    ``return_stats=True``.  Same fused row-wise scheme as ``layer_norm_backward``."""
+    ``return_stats=True``.  Same fused row-wise scheme as ``layer_norm_backward``; ``out``
+    (grad_x) as there: may be ``grad_out`` or ``x`` itself."""
     x = check_float_array(x)
     dy = _core.check_grad_out(grad_out, x)
     shape, _ = normalized_axes(x, normalized_shape, "rms_norm_backward")
@@ -32,9 +33,10 @@ def rms_norm_backward(grad_out, x, rstd, normalized_shape, weight=None, *, needs
     w = check_param(weight, shape, "weight")
     nx, nw = _core.check_needs(needs_input_grad, 2, "rms_norm_backward")
     nw = nw and w is not None
+    out = _core.grad_target(out, x, dy, "rms_norm_backward")
     M, N = _core.prod(lead), _core.prod(shape)
-    dx, dw, _ = _core.rows_backward(dy, x, M, N, None, rstd, None if w is None else w.reshape(-1), (nx, nw, False))
-    if dx is not None:
-        dx = dx.reshape(x.shape).astype(x.dtype, copy=False)
+    dx, dw, _ = _core.rows_backward(dy, x, M, N, None, rstd, None if w is None else w.reshape(-1), (nx, nw, False),
+                                    out=out)
+    dx = _core.grad_finish(out, x, dx)
     dw = None if dw is None else _core.grad_cast(dw.reshape(shape), x, weight)
     return dx, dw

@@ -58,12 +58,16 @@ NF_CLONES static void NF_S(nf_col_sums)(const NF_T *restrict x, int64_t rows, in
     memset(s2, 0, (size_t)L * sizeof(double));
     for (int64_t r0 = 0; r0 < rows; r0 += NF_COL_TILE) {
         const int64_t r1 = r0 + NF_COL_TILE < rows ? r0 + NF_COL_TILE : rows;
-        /* the next tile is contiguous: prefetch it line by line while this one is summed */
+        /* the next tile is contiguous: prefetch it line by line while this one is summed, a share
+         * per lane block (one burst per tile overflows the miss queue when the rows are long) */
         const int64_t r2 = r1 + NF_COL_TILE < rows ? r1 + NF_COL_TILE : rows;
-        for (const char *p = (const char *)(x + r1 * L), *e = (const char *)(x + r2 * L); p < e; p += 64)
-            __builtin_prefetch(p);
+        const char *pf = (const char *)(x + r1 * L);
+        const int64_t pbytes = (r2 - r1) * L * (int64_t)sizeof(NF_T);
+        int64_t pdone = 0;
         int64_t l = 0;
         for (; l + 16 <= L; l += 16) {
+            for (const int64_t pend = pbytes * (l + 16) / L; pdone < pend; pdone += 64)
+                __builtin_prefetch(pf + pdone);
             nf_v8d k0, k1, a0, a1, b0, b1;
             memcpy(&k0, k + l, 64); memcpy(&k1, k + l + 8, 64);
             memcpy(&a0, s1 + l, 64); memcpy(&a1, s1 + l + 8, 64);
@@ -75,6 +79,8 @@ NF_CLONES static void NF_S(nf_col_sums)(const NF_T *restrict x, int64_t rows, in
             memcpy(s1 + l, &a0, 64); memcpy(s1 + l + 8, &a1, 64);
             memcpy(s2 + l, &b0, 64); memcpy(s2 + l + 8, &b1, 64);
         }
+        for (; pdone < pbytes; pdone += 64)
+            __builtin_prefetch(pf + pdone);
         for (; l < L; ++l)
             for (int64_t r = r0; r < r1; ++r) {
                 double d = (double)x[r * L + l] - k[l];
@@ -92,12 +98,16 @@ NF_CLONES static void NF_S(nf_col_dsums)(const NF_T *restrict x, const NF_T *res
     for (int64_t r0 = 0; r0 < rows; r0 += NF_COL_TILE) {
         const int64_t r1 = r0 + NF_COL_TILE < rows ? r0 + NF_COL_TILE : rows;
         const int64_t r2 = r1 + NF_COL_TILE < rows ? r1 + NF_COL_TILE : rows;
-        for (int64_t o = r1 * L * (int64_t)sizeof(NF_T); o < r2 * L * (int64_t)sizeof(NF_T); o += 64) {
-            __builtin_prefetch((const char *)x + o);
-            __builtin_prefetch((const char *)dy + o);
-        }
+        /* the next tile of x and dy prefetched a share per lane block (see nf_col_sums) */
+        const char *px = (const char *)(x + r1 * L), *pg = (const char *)(dy + r1 * L);
+        const int64_t pbytes = (r2 - r1) * L * (int64_t)sizeof(NF_T);
+        int64_t pdone = 0;
         int64_t l = 0;
         for (; l + 16 <= L; l += 16) {
+            for (const int64_t pend = pbytes * (l + 16) / L; pdone < pend; pdone += 64) {
+                __builtin_prefetch(px + pdone);
+                __builtin_prefetch(pg + pdone);
+            }
             nf_v8d m0, m1, a0, a1, b0, b1;
             memcpy(&m0, m + l, 64); memcpy(&m1, m + l + 8, 64);
             memcpy(&a0, s1 + l, 64); memcpy(&a1, s1 + l + 8, 64);
@@ -109,6 +119,10 @@ NF_CLONES static void NF_S(nf_col_dsums)(const NF_T *restrict x, const NF_T *res
             }
             memcpy(s1 + l, &a0, 64); memcpy(s1 + l + 8, &a1, 64);
             memcpy(s2 + l, &b0, 64); memcpy(s2 + l + 8, &b1, 64);
+        }
+        for (; pdone < pbytes; pdone += 64) {
+            __builtin_prefetch(px + pdone);
+            __builtin_prefetch(pg + pdone);
         }
         for (; l < L; ++l)
             for (int64_t r = r0; r < r1; ++r) {

@@ -121,3 +121,42 @@ def test_backward_against_torch(dtype, tol, with_gh):
     tx, tw = torch.autograd.grad(outs, (xt, wt), grads)
     assert np.abs(gx - tx.numpy()).max() <= tol * (1 + np.abs(tx.numpy()).max())
     assert np.abs(gw - tw.numpy()).max() <= tol * (1 + np.abs(tw.numpy()).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("where", ["separate", "grad_y", "grad_h", "h"])
+@pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
+def test_backward_out(rms, where, dtype):
+    """grad_input written into out= (a separate array, or grad_y / grad_h / h in place) is bitwise
+    the allocated result and matches the float64 formula; overlapping out is refused."""
+    rng = np.random.default_rng(6)
+    x, r = (rng.normal(2.0, 1.5, (40, 300)).astype(dtype) for _ in range(2))
+    w = rng.normal(1.0, 0.3, 300).astype(dtype)
+    gy, gh = (rng.standard_normal((40, 300)).astype(dtype) for _ in range(2))
+    if rms:
+        y, h, rs = nf.add_rms_norm(x, r, 300, w, return_stats=True)
+        mean = None
+        bwd = lambda **kw: nf.add_rms_norm_backward(gy, gh, h, rs, 300, w, **kw)  # noqa: E731
+    else:
+        y, h, mean, rs = nf.add_layer_norm(x, r, 300, w, return_stats=True)
+        bwd = lambda **kw: nf.add_layer_norm_backward(gy, gh, h, mean, rs, 300, w, **kw)  # noqa: E731
+    full = bwd()
+    h64, gy64 = h.astype(np.float64), gy.astype(np.float64)
+    m = np.zeros(40) if rms else h64.mean(axis=1)
+    rstd = 1 / np.sqrt(((h64 - m[:, None]) ** 2).mean(axis=1) + (np.finfo(dtype).eps if rms else 1e-5))
+    xh = (h64 - m[:, None]) * rstd[:, None]
+    g = gy64 * w.astype(np.float64)
+    c1 = 0.0 if rms else g.mean(axis=1, keepdims=True)
+    exp = rstd[:, None] * (g - c1 - xh * (g * xh).mean(axis=1, keepdims=True)) + gh
+    out = {"separate": np.empty_like(h), "grad_y": gy, "grad_h": gh, "h": h}[where]
+    got = bwd(out=out)
+    assert got[0] is out
+    np.testing.assert_array_equal(out, full[0])
+    for a, f in zip(got[1:], full[1:]):
+        np.testing.assert_array_equal(a, f)
+    tol = 2e-5 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(out, exp, rtol=tol, atol=tol * np.abs(exp).max())
+    big = np.zeros(h.size + 1, dtype)
+    with pytest.raises(ValueError, match="overlaps"):
+        nf.add_layer_norm_backward(gy, big[:-1].reshape(h.shape), h, np.zeros(40), np.ones(40), 300, w,
+                                   out=big[1:].reshape(h.shape))

@@ -96,9 +96,11 @@ class Case:
         out = self.forward(x, w, b, stats=True)
         return out[1:]
 
-    def backward(self, dy, x, stats, w=None, needs=None):
+    def backward(self, dy, x, stats, w=None, needs=None, out=None):
         k = self.kind
         kw = {} if needs is None else {"needs_input_grad": needs}
+        if out is not None:
+            kw["out"] = out
         if k == "layer":
             mean, rstd = stats
             return normfast.layer_norm_backward(dy, x, mean, rstd, self.nshape, w, **kw)
@@ -724,3 +726,185 @@ def test_bad_weight_and_groups():
         normfast.layer_norm_backward(dy, x, mean, rstd, (5, 6))
     with pytest.raises(ValueError):
         normfast.layer_norm_backward(dy, x, mean, rstd, (6, 5), np.ones(5))
+
+
+# ----------------------------------------------------------------------------------------------
+# out= for grad_x: a separate array, grad_out itself or x itself (in place), any layout / dtype
+# ----------------------------------------------------------------------------------------------
+OUT_CASES = (row_cases(eps_rms=(EPS,)) + channel_cases(ranks=(0, 2))
+             + [Case("layer", (300, 1000), nshape=(1000,)), Case("batch", (8, 9, 9, 33), channel_axis=-1),
+                Case("group", (4, 32, 300), groups=8), Case("instance", (4, 300, 32), channel_axis=-1)])
+
+
+@pytest.mark.parametrize("where", ["separate", "grad_out", "x", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", OUT_CASES, ids=_ids(OUT_CASES))
+def test_out(case, dtype, where):
+    """grad_x written into out= (also in place over grad_out or x) is bitwise the allocated result,
+    which is within the usual tolerance of the float64 reference; the other gradients unchanged."""
+    x, dy, w, b = case.data(dtype, True, seed=51)
+    st = case.stats(x, w, b)
+    exp = case.reference(dy, x, w)
+    full = case.backward(dy, x, st, w)
+    x0, dy0 = x.copy(), dy.copy()
+    if where == "separate":
+        out = np.full_like(x, np.nan)
+    elif where == "grad_out":
+        out = dy
+    elif where == "x":
+        out = x
+    else:
+        out = np.full(x.shape[:-1] + (2 * x.shape[-1],), np.nan, dtype)[..., ::2]
+    got = case.backward(dy, x, st, w, out=out)
+    assert got[0] is out
+    np.testing.assert_array_equal(out, full[0])
+    for g, f in zip(got[1:], full[1:]):
+        np.testing.assert_array_equal(g, f)
+    if where != "grad_out":
+        np.testing.assert_array_equal(dy, dy0)
+    if where != "x":
+        np.testing.assert_array_equal(x, x0)
+    rtol = 2e-5 if dtype == np.float32 else 1e-10
+    scale = max(1.0, float(np.max(np.abs(exp[0]))))
+    np.testing.assert_allclose(out, exp[0], rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("case", NONCONTIG_CASES, ids=_ids(NONCONTIG_CASES))
+def test_out_in_place_over_strided_grad_out(case):
+    """grad_out a strided view and out=grad_out: the kernel reads a copy, the result lands in the view."""
+    x, dy, w, b = case.data(np.float32, True, seed=52)
+    st = case.stats(x, w, b)
+    full = case.backward(dy, x, st, w)
+    big = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), np.float32)
+    dyv = big[..., 1::2]
+    dyv[...] = dy
+    got = case.backward(dyv, x, st, w, out=dyv)
+    assert got[0] is dyv
+    np.testing.assert_array_equal(dyv, full[0])
+    assert not big[..., ::2].any()                     # nothing written between the view's elements
+
+
+@pytest.mark.parametrize("case", [Case("layer", (6, 10), nshape=(10,)), Case("batch", (4, 3, 5)),
+                                  Case("group", (2, 4, 5), groups=2)], ids=repr)
+def test_out_float16(case):
+    """float16 x: grad_x computed in float32 and written into a float16 out (also grad_out itself)."""
+    x, dy, w, b = case.data(np.float16, True, seed=53)
+    st = case.stats(x, w, b)
+    full = case.backward(dy, x, st, w)
+    out = np.empty_like(x)
+    assert case.backward(dy, x, st, w, out=out)[0] is out
+    np.testing.assert_array_equal(out, full[0])
+    assert case.backward(dy, x, st, w, out=dy)[0] is dy
+    np.testing.assert_array_equal(dy, full[0])
+
+
+@pytest.mark.parametrize("case", [Case("layer", (6, 10), nshape=(10,)), Case("rms", (6, 10), nshape=(10,)),
+                                  Case("batch", (4, 3, 5)), Case("instance", (2, 4, 5), channel_axis=-1)], ids=repr)
+def test_out_rejected(case):
+    """out= checked like the forward's: shape, dtype, type, writability and partial overlaps."""
+    x, dy, w, b = case.data(np.float64, True, seed=54)
+    st = case.stats(x, w, b)
+    with pytest.raises(ValueError, match="shape"):
+        case.backward(dy, x, st, w, out=np.empty(x.shape[:-1] + (x.shape[-1] + 1,)))
+    with pytest.raises(TypeError, match="dtype"):
+        case.backward(dy, x, st, w, out=np.empty(x.shape, np.float32))
+    with pytest.raises(TypeError):
+        case.backward(dy, x, st, w, out=list(x.ravel()))
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        case.backward(dy, x, st, w, out=ro)
+    big = np.zeros(x.size + 1)
+    xs, dys = big[:-1].reshape(x.shape), big[1:].reshape(x.shape)
+    xs[...] = x
+    with pytest.raises(ValueError, match="overlaps"):
+        case.backward(dy, xs, st, w, out=dys)          # out overlaps x partially
+    big2 = np.zeros(x.size + 1)
+    dys2, outs = big2[:-1].reshape(x.shape), big2[1:].reshape(x.shape)
+    dys2[...] = dy
+    with pytest.raises(ValueError, match="overlaps"):
+        case.backward(dys2, x, st, w, out=outs)        # out overlaps grad_out partially
+
+
+def test_out_torch_in_place():
+    """torch tensors: out=grad_out comes back as the caller's tensor, equal to torch.autograd's grad."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(55)
+    x = torch.from_numpy(rng.normal(3.0, 2.0, (64, 96)).astype(np.float32))
+    w = torch.from_numpy(rng.normal(1.0, 0.2, 96).astype(np.float32))
+    dy = torch.from_numpy(rng.normal(0.0, 1.0, (64, 96)).astype(np.float32))
+    xt = x.clone().requires_grad_(True)
+    torch.nn.functional.layer_norm(xt, (96,), w, None).backward(dy)
+    _, mean, rstd = normfast.layer_norm(x, 96, w, return_stats=True)
+    g = dy.clone()
+    gx, gw, _ = normfast.layer_norm_backward(g, x, mean, rstd, 96, w, out=g)
+    assert gx is g
+    torch.testing.assert_close(g, xt.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_training_scenario(tmp_path, capsys):
+    """`python -m normfast bench --scenario training --quick`: every operator and layout has
+    forward+backward and backward rows for normfast (allocated and out=) and the copy roofline,
+    with normfast's grad_x close to torch's float64 autograd."""
+    pytest.importorskip("torch")
+    from normfast import bench
+    path = tmp_path / "t.json"
+    assert bench.main(["--scenario", "training", "--quick", "--reps", "1", "--backends", "torch",
+                       "--json", str(path)]) == 0
+    assert "forward+backward" in capsys.readouterr().out
+    import json
+    rows = json.loads(path.read_text())["results"]
+    from normfast.bench.training import CASES
+    keys = {(r["op"], r["shape"].split(" ")[-1] if " " in r["shape"] else "rows", r["phase"], r["backend"])
+            for r in rows}
+    for op, layout, _, _ in CASES:
+        for phase in ("forward+backward", "backward"):
+            for backend in ("normfast", "normfast out=", "torch", "copy"):
+                assert (op, layout, phase, backend) in keys, (op, layout, phase, backend)
+    for r in rows:
+        assert r["median_s"] > 0 and r["gbps"] > 0
+        if r["backend"] == "normfast":
+            assert r["max_rel_err"] < 1e-5
+
+
+GPU_OUT_CALLS = {
+    "layer_norm": lambda x, dy, w, out: normfast.layer_norm_backward(
+        dy, x, *normfast.layer_norm(x, 7, w[:7], w[:7], return_stats=True)[1:], 7, w[:7], out=out),
+    "rms_norm": lambda x, dy, w, out: normfast.rms_norm_backward(
+        dy, x, normfast.rms_norm(x, 7, w[:7], return_stats=True)[1], 7, w[:7], out=out),
+    "batch_norm_nhwc": lambda x, dy, w, out: normfast.batch_norm_backward(
+        dy, x, *normfast.batch_norm(x, None, None, w[:7], None, True, channel_axis=-1, return_stats=True)[1:],
+        w[:7], channel_axis=-1, out=out),
+    "group_norm": lambda x, dy, w, out: normfast.group_norm_backward(
+        dy, x, *normfast.group_norm(x, 2, w[:6], None, return_stats=True)[1:], 2, w[:6], out=out),
+    "add_layer_norm": lambda x, dy, w, out: normfast.add_layer_norm_backward(
+        dy, dy * 0.5, *(lambda r: (r[1], r[2], r[3]))(normfast.add_layer_norm(x, dy, 7, w[:7], return_stats=True)),
+        7, w[:7], out=out),
+}
+
+
+@pytest.mark.parametrize("name", list(GPU_OUT_CALLS))
+def test_out_on_the_gpu_route(monkeypatch, name):
+    """CuPy arrays (CUDA emulator): out= separate or over grad_out gives the allocated result and
+    leaves the parameter gradients unchanged (the GPU reads x and grad_out again for dw/db, so
+    in place goes through a separate buffer there)."""
+    from cuda_emu import backend
+    cp = backend("emu", monkeypatch)
+    call = GPU_OUT_CALLS[name]
+    rng = np.random.default_rng(56)
+    x = cp.asarray((3 + rng.standard_normal((4, 6, 5, 7))).astype(np.float32))
+    w = cp.asarray((1 + 0.5 * rng.standard_normal(40)).astype(np.float32))
+    dy0 = (rng.standard_normal((4, 6, 5, 7))).astype(np.float32)
+    full = call(x, cp.asarray(dy0), w, None)
+    out = cp.empty_like(x)
+    got = call(x, cp.asarray(dy0), w, out)
+    assert got[0] is out
+    dy = cp.asarray(dy0)
+    inpl = call(x, dy, w, dy)
+    assert inpl[0] is dy
+    for res in (got, inpl):
+        for g, f in zip(res, full):
+            if f is not None:
+                np.testing.assert_array_equal(cp.asnumpy(g) if hasattr(g, "device") else g,
+                                              cp.asnumpy(f) if hasattr(f, "device") else f)
+

@@ -444,16 +444,19 @@ class GpuEngine:
         return _host(mean), _host(rstd)
 
     @staticmethod
-    def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db, gh=None):
+    def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db, gh=None, dx=None):
         """Row-wise (Layer/RMS) backward (mean None: rms); gh (optional, M x N) is added to dx
-        inside the dx kernel.  Returns (dx or None, dw or None, db or None); dx on the device,
-        dw/db float64 NumPy."""
+        inside the dx kernel.  dx: a C-contiguous device array of x's dtype to write (may be x, dy
+        or gh itself), else one is allocated.  Returns (dx or None, dw or None, db or None); dx on
+        the device, dw/db float64 NumPy."""
         cp = _cp()
         M, N = int(M), int(N)
         shape = tuple(x.shape)
         x, ldx = _rows_in(x, M, N, "x")
         dy, ldg = _rows_in(dy, M, N, "dy", x.dtype)
-        dx = cp.empty(shape, dtype=x.dtype) if need_dx else None
+        if dx is None and need_dx:
+            dx = cp.empty(shape, dtype=x.dtype)
+        dx = dx if need_dx else None
         dw = np.zeros(N, dtype=np.float64) if need_dw else None
         db = np.zeros(N, dtype=np.float64) if need_db else None
         if M == 0 or N == 0:

@@ -40,7 +40,7 @@ def parse_shapes(text):
     return shapes
 
 
-SCENARIOS = ("default", "server", "pipeline")
+SCENARIOS = ("default", "server", "pipeline", "training")
 
 
 def make_parser():
@@ -54,7 +54,8 @@ def make_parser():
                    help="default: this table (the operators against NumPy/PyTorch/CuPy); server: the CPU "
                         "inference-server regime (p50/p99 us per call vs torch eager, torch.compile, ONNX Runtime; "
                         "see --scenario server --help); pipeline: StandardScaler against scikit-learn, dask-ml "
-                        "and plain Dask (normfast.bench.pipeline)")
+                        "and plain Dask (normfast.bench.pipeline); training: forward+backward per operator and layout "
+                        "vs torch eager and torch.compile through autograd (normfast.bench.training)")
     p.add_argument("--quick", action="store_true", help="small shapes and few repetitions (seconds)")
     p.add_argument("--ops", help="comma-separated ops (shell-style patterns allowed, e.g. '*backward')")
     p.add_argument("--shapes", type=parse_shapes,
@@ -125,6 +126,9 @@ def main(argv=None):
         if args.scenario == "pipeline":
             from . import pipeline as bench_pipeline
             return bench_pipeline.run(args)
+        if args.scenario == "training":
+            from . import training as bench_training
+            return bench_training.run(args)
         threads = nf.get_num_threads()
         if env.torch is not None:
             try:
