@@ -103,3 +103,23 @@ def test_fast_path_declines_and_general_path_answers(case):
     ref = ref_layer_norm(xv, args["ns"], w, None, eps=args["eps"])[0]
     y = nf.layer_norm(args["x"], args["ns"], args["w"], args["b"], args["eps"], out=args["out"])
     assert_close_ref(np.asarray(y), ref, dtype=xv.dtype)
+
+
+def test_fast_path_reads_parameters_under_no_grad():
+    """Module parameters require grad; under no_grad the fast path reads them (detached) and gives
+    bitwise the general path's result; with grad enabled it declines (autograd takes over)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 64)).astype(np.float32)
+    w = torch.nn.Parameter(torch.from_numpy(rng.normal(size=64).astype(np.float32)))
+    b = torch.nn.Parameter(torch.from_numpy(rng.normal(size=64).astype(np.float32)))
+    xt = torch.from_numpy(x)
+    assert rows_fast(xt, (64,), w, b, 1e-5, None, False, False) is NotImplemented
+    with torch.no_grad():
+        y = rows_fast(xt, (64,), w, b, 1e-5, None, False, False)
+        assert isinstance(y, torch.Tensor)
+        np.testing.assert_array_equal(y.numpy(), GENERAL_LN(x, 64, w.detach().numpy(), b.detach().numpy()))
+        import normfast.torch as nft
+        m = nft.LayerNorm(64)
+        m.weight.copy_(w), m.bias.copy_(b)
+        np.testing.assert_array_equal(m(xt).numpy(), y.numpy())

@@ -238,20 +238,26 @@ cdef inline bint _apart(cnp.ndarray a, cnp.ndarray b):
     return pa + cnp.PyArray_NBYTES(a) <= pb or pb + cnp.PyArray_NBYTES(b) <= pa
 
 
+cdef object _torch_grad_enabled = None
+
+
 cdef object _torch_as_numpy(object t):
-    """A NumPy view of a plain torch CPU tensor (contiguous float32/float64, no autograd
-    history needed, no neg/conj bit), or None."""
-    global _torch_tensor, _torch_f32, _torch_f64, _torch_from_numpy
+    """A NumPy view of a plain torch CPU tensor (contiguous float32/float64, no neg/conj bit, not
+    recording autograd: requires_grad only under no_grad), or None."""
+    global _torch_tensor, _torch_f32, _torch_f64, _torch_from_numpy, _torch_grad_enabled
     if _torch_tensor is None:
         import torch
         _torch_tensor, _torch_f32, _torch_f64 = torch.Tensor, torch.float32, torch.float64
-        _torch_from_numpy = torch.from_numpy
+        _torch_from_numpy, _torch_grad_enabled = torch.from_numpy, torch.is_grad_enabled
     if not isinstance(t, _torch_tensor):
         return None
     dt = t.dtype
-    if (dt is not _torch_f32 and dt is not _torch_f64) or not t.is_cpu or t.requires_grad or t.is_neg() \
-            or not t.is_contiguous():
+    if (dt is not _torch_f32 and dt is not _torch_f64) or not t.is_cpu or t.is_neg() or not t.is_contiguous():
         return None
+    if t.requires_grad:
+        if _torch_grad_enabled():
+            return None                     # autograd: normfast.torch's registered op
+        t = t.detach()
     return t.numpy()
 
 
@@ -294,7 +300,7 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
     if type(normalized_shape) is int:
         if normalized_shape != N:
             return NotImplemented
-    elif type(normalized_shape) is tuple and len(normalized_shape) == 1 and type(normalized_shape[0]) is int:
+    elif isinstance(normalized_shape, (tuple, list)) and len(normalized_shape) == 1 and type(normalized_shape[0]) is int:
         if normalized_shape[0] != N:
             return NotImplemented
     else:

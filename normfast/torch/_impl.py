@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import _add_norm, _batch_norm, _group_norm, _instance_norm, _layer_norm, _normalize, _rms_norm
+from .._cpu._normalize import rows_fast
 
 _NATIVE = (torch.float16, torch.float32, torch.float64)
 
@@ -123,7 +124,11 @@ def _view(t):
 
 def layer_norm_y(x, normalized_shape, weight, bias, eps):
     """``layer_norm``'s y alone, for eager calls without autograd: the same kernel call, less
-    per-call work (no statistics wrapped, parameters read as they are)."""
+    per-call work (no statistics wrapped, parameters read as they are); the common call takes
+    the kernels' C-level fast path."""
+    y = rows_fast(x, normalized_shape, weight, bias, eps, None, False, False)
+    if y is not NotImplemented:
+        return y
     if x.dtype not in _NATIVE or x.dtype != _pdtype(weight, x) or not x.is_contiguous():
         return layer_norm(x, normalized_shape, weight, bias, eps)[0]
     return torch.from_numpy(_layer_norm.layer_norm(_view(x), normalized_shape, _view(weight), _view(bias), eps))
@@ -131,6 +136,9 @@ def layer_norm_y(x, normalized_shape, weight, bias, eps):
 
 def rms_norm_y(x, normalized_shape, weight, eps):
     """``rms_norm``'s y alone, for eager calls without autograd (as ``layer_norm_y``)."""
+    y = rows_fast(x, normalized_shape, weight, None, eps, None, False, True)
+    if y is not NotImplemented:
+        return y
     if x.dtype not in _NATIVE or x.dtype != _pdtype(weight, x) or not x.is_contiguous():
         return rms_norm(x, normalized_shape, weight, eps)[0]
     return torch.from_numpy(_rms_norm.rms_norm(_view(x), normalized_shape, _view(weight), rms_eps(eps, x.dtype)))
