@@ -40,12 +40,7 @@ def _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_ou
     yk = _core.target(out, xk)
     if hk is yk:
         yk = np.empty_like(xk)
-    wf = None if w is None else w.reshape(-1)
-    bf = None if b is None else b.reshape(-1)
-    if wf is None and bf is not None:
-        wf = np.ones_like(bf)
-    if bf is None and wf is not None:
-        bf = np.zeros_like(wf)
+    wf, bf = _core.affine_pair(None if w is None else w.reshape(-1), None if b is None else b.reshape(-1))
     mean, rstd = _core.engine().rows_add_forward(xk, rk, hk, yk, M, N, wf, bf, eps, rms)
     if N == 0:
         mean[:] = np.nan

@@ -115,12 +115,27 @@ def apply_affine(xk, y, dims, mean, rstd, w=None, b=None):
     return y
 
 
-def rows(xk, y, M, N, w, b, eps, rms=False, seg=1, period=1):
-    """Fused row-wise statistics + normalization.  w/b: float64 (period * N / seg,) or None."""
+def affine_pair(w, b):
+    """The kernels take weight and bias together: a missing one becomes ones / zeros
+    (y * 1 + 0 is y exactly)."""
     if w is None and b is not None:
         w = np.ones_like(b)
     if b is None and w is not None:
         b = np.zeros_like(w)
+    return w, b
+
+
+def as_rows(xk, kept, axes):
+    """The one transposing copy of x into (M, N) rows, kept axes first, for reductions whose
+    pattern has no 4-d plan: (rows, perm, Plan4(M, 1, 1, N))."""
+    perm = list(kept) + list(axes)
+    xt = engine().kernel_array(xk.transpose(perm), xk.dtype)
+    return xt, perm, Plan4(prod(xk.shape[i] for i in kept), 1, 1, prod(xk.shape[i] for i in axes))
+
+
+def rows(xk, y, M, N, w, b, eps, rms=False, seg=1, period=1):
+    """Fused row-wise statistics + normalization.  w/b: float64 (period * N / seg,) or None."""
+    w, b = affine_pair(w, b)
     mean, rstd = engine().rows_forward(xk, M, N, w, b, seg, period, eps, rms, y)
     if N == 0:
         mean[:] = np.nan
@@ -177,9 +192,8 @@ def normalize_along(x, axes, w, b, eps, out, rms=False):
     else:
         # Pattern outside the 4-d form, or an affine that varies inside the reduced
         # axes: one transposing copy into (M, N) rows, then back.
-        perm = kept + list(axes)
         eng = engine()
-        xt = eng.kernel_array(xk.transpose(perm), xk.dtype)
+        xt, perm, _ = as_rows(xk, kept, axes)
         # normalized in place in the transposed copy (one temporary, not two) when it is a copy
         # (a transpose that needed none is the caller's x; GPU engines keep a separate buffer)
         own = eng.xp is np and not np.may_share_memory(xt, x)

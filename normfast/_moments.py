@@ -6,14 +6,12 @@ import numpy as np
 
 from . import _core
 from ._checks import check_float_array, normalize_axes
+from ._dispatch import dispatch
 
 
 def _count_mean_m2(x, axis):
-    """(count, mean, M2) of x over `axis` (None = all); float64, mean/M2 shaped as the kept axes."""
-    if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
-        from ._dispatch import DL_CPU, get_backend, to_numpy
-        if get_backend(x) == "dlpack-cpu":
-            x = to_numpy(x, "x", DL_CPU)
+    """(count, mean, M2) of x over `axis` (None = all); float64, mean/M2 shaped as the kept axes.
+    x is the engine's array type (the dispatcher converted it)."""
     x = check_float_array(x)
     if isinstance(axis, (tuple, list)) and len(axis) == 0:      # the empty reduction (Array API): count 1
         mean = np.asarray(x, dtype=np.float64).copy()
@@ -24,8 +22,7 @@ def _count_mean_m2(x, axis):
     xk = _core.as_kernel_input(x)
     dims = _core.plan4d(x.shape, set(axes))
     if dims is None:
-        xk = _core.kernel_array(xk.transpose(kept + list(axes)), xk.dtype)
-        dims = (_core.prod(stat_shape), 1, 1, _core.prod(x.shape[i] for i in axes))
+        xk, _, dims = _core.as_rows(xk, kept, axes)
     n, mean, m2 = _core.moments4d(xk, dims)
     count = _core.prod(x.shape[i] for i in axes)
     mean = np.where(n == 0, np.nan, mean)
@@ -89,21 +86,10 @@ class Moments:
 
     @classmethod
     def from_array(cls, x, axis=0):
-        """Statistics of x over `axis` (NumPy, CPU DLPack, CuPy or Dask input; state on the host).
-
-        A Dask array is reduced in one read of its chunks and the state computed now (see
-        :func:`normfast.dask.moments_state` for the lazy form)."""
-        from ._checks import is_device_array
-        if type(x).__module__.split(".", 1)[0] == "dask":
-            from .dask import moments_state
-            return moments_state(x, axis)
-        if is_device_array(x):
-            from ._gpu.engine import GpuEngine
-            with _core.using(GpuEngine):
-                count, mean, m2, _ = _count_mean_m2(x, axis)
-        else:
-            count, mean, m2, _ = _count_mean_m2(x, axis)
-        return cls(count, mean, m2)
+        """Statistics of x over `axis`: any array type the public functions take (NumPy, torch
+        and other DLPack arrays, CuPy, Dask: computed now in one read of the chunks); the state
+        is on the host."""
+        return moments_state(x, axis)
 
     def update(self, x, axis=0):
         """Fold the batch ``x`` (reduced over ``axis``) into the state; returns self."""
@@ -150,3 +136,11 @@ class Moments:
 
     def __repr__(self):
         return f"Moments(count={self.count!r}, mean={self.mean!r}, m2={self.m2!r})"
+
+
+@dispatch(0)
+def moments_state(x, axis=0):
+    """The :class:`Moments` of x over `axis` (routed by the dispatcher like every public
+    function: the Dask route is normfast.dask.moments_state)."""
+    count, mean, m2, _ = _count_mean_m2(x, axis)
+    return Moments(count, mean, m2)

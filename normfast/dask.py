@@ -307,11 +307,9 @@ def _apply_np(block, red_axes, mean, p, q):
         y = np.empty_like(xk)
         CpuEngine.apply(xk, dims, mean, p, q, y)
     else:
-        perm = kept + sorted(red)
-        xt = np.ascontiguousarray(xk.transpose(perm))
-        M = _core.prod(xk.shape[i] for i in kept)
+        xt, perm, rows_dims = _core.as_rows(xk, kept, sorted(red))
         yt = np.empty_like(xt)
-        CpuEngine.apply(xt, (M, 1, 1, _core.prod(xk.shape[i] for i in red)), mean, p, q, yt)
+        CpuEngine.apply(xt, rows_dims, mean, p, q, yt)
         y = np.empty_like(xk)
         y.transpose(perm)[...] = yt
     return y if y.dtype == block.dtype else y.astype(block.dtype)
