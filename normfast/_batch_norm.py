@@ -2,8 +2,7 @@
 import numpy as np
 
 from . import _core, _running
-from ._checks import (check_eps, check_float_array, check_momentum, check_out, check_param, check_separate,
-                      normalize_axis)
+from ._checks import check_float_array, check_out, check_param, check_separate, normalize_axis
 
 
 def channel_dims(x, channel_axis, fname):
@@ -30,11 +29,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     """
     x = check_float_array(x)
     ca, B, C, D = channel_dims(x, channel_axis, "batch_norm")
-    w = check_param(weight, (C,), "weight")
-    b = check_param(bias, (C,), "bias")
-    eps = check_eps(eps)
-    check_momentum(momentum)
-    rm, rv = _running.check_running(running_mean, running_var, C, training)
+    w, b, eps, rm, rv = _running.check_channel_args(C, weight, bias, eps, momentum, running_mean, running_var,
+                                                    training)
     out = check_out(out, x.shape, x.dtype, x)
     if training:
         check_separate("batch_norm", [("x", x)], [("out", out), ("running_mean", rm), ("running_var", rv),

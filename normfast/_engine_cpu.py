@@ -30,6 +30,11 @@ def empty_aligned(shape, dtype):
     return buf[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
+def _stats(n):
+    """(mean, rstd) outputs of n statistics."""
+    return np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
+
+
 class CpuEngine:
     """normfast._engine.Engine on the CPU."""
     name = "cpu"
@@ -84,8 +89,7 @@ class CpuEngine:
     @staticmethod
     def rows_forward(x, M, N, w, b, seg, period, eps, rms, out):
         """Fused per-row statistics and normalization.  Returns (mean, rstd), (M,) float64."""
-        mean = np.empty(M, dtype=np.float64)
-        rstd = np.empty(M, dtype=np.float64)
+        mean, rstd = _stats(M)
         _normalize.rows_forward(x, out, M, N, w, b, seg, period, eps, rms, mean, rstd, get_num_threads())
         return mean, rstd
 
@@ -93,16 +97,14 @@ class CpuEngine:
     def samples_forward(x, y, A, B, G, D, w, b, eps):
         """Per-sample fused channels-last group/instance norm (x[A][B][G*D], w/b float64 per
         lane or None).  Returns (mean, rstd), (A*G,) float64."""
-        mean = np.empty(A * G, dtype=np.float64)
-        rstd = np.empty(A * G, dtype=np.float64)
+        mean, rstd = _stats(A * G)
         _normalize.samples_forward(x, y, A, B, G, D, w, b, eps, mean, rstd, get_num_threads())
         return mean, rstd
 
     @staticmethod
     def rows_add_forward(x, res, h, y, M, N, w, b, eps, rms):
         """Fused h = x + res (stored in h) and y = norm(h) per row.  Returns (mean, rstd)."""
-        mean = np.empty(M, dtype=np.float64)
-        rstd = np.empty(M, dtype=np.float64)
+        mean, rstd = _stats(M)
         _normalize.rows_add_forward(x, res, h, y, M, N, w, b, eps, rms, mean, rstd, get_num_threads())
         return mean, rstd
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import _core, _running
-from ._checks import check_eps, check_float_array, check_momentum, check_out, check_param, check_separate
+from ._checks import check_float_array, check_out, check_param, check_separate
 from ._group_norm import sample_channel_dims
 
 
@@ -18,11 +18,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     """
     x = check_float_array(x)
     N, pre, C, post = sample_channel_dims(x, channel_axis, "instance_norm")
-    w = check_param(weight, (C,), "weight")
-    b = check_param(bias, (C,), "bias")
-    eps = check_eps(eps)
-    check_momentum(momentum)
-    rm, rv = _running.check_running(running_mean, running_var, C, use_input_stats)
+    w, b, eps, rm, rv = _running.check_channel_args(C, weight, bias, eps, momentum, running_mean, running_var,
+                                                    use_input_stats)
     out = check_out(out, x.shape, x.dtype, x)
     if use_input_stats:
         check_separate("instance_norm", [("x", x)], [("out", out), ("running_mean", rm), ("running_var", rv)])

@@ -4,6 +4,17 @@ import numpy as np
 from ._checks import check_buffer, check_momentum, check_writable
 
 
+def check_channel_args(C, weight, bias, eps, momentum, running_mean, running_var, updates):
+    """The per-channel arguments of batch_norm / instance_norm (any backend): float64 host
+    weight/bias copies, eps, and the running buffers (writable when the call `updates` them)."""
+    from ._checks import check_eps, check_param
+    w, b = check_param(weight, (C,), "weight"), check_param(bias, (C,), "bias")
+    eps = check_eps(eps)
+    check_momentum(momentum)
+    rm, rv = check_running(running_mean, running_var, C, updates)
+    return w, b, eps, rm, rv
+
+
 def check_running(running_mean, running_var, C, training):
     rm = check_buffer(running_mean, (C,), "running_mean")
     rv = check_buffer(running_var, (C,), "running_var")

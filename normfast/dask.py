@@ -53,7 +53,7 @@ from dask.array.utils import asarray_safe
 
 from . import _core, _running
 from ._engine_cpu import CpuEngine
-from ._checks import FLOAT_DTYPES, check_eps, check_int, check_momentum, check_param, normalize_axes
+from ._checks import FLOAT_DTYPES, check_eps, check_int, check_param, normalize_axes
 from ._batch_norm import channel_dims
 from ._layer_norm import normalized_axes
 from ._moments import Moments, _count_mean_m2
@@ -400,11 +400,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     """
     x = _check_array(x, "batch_norm")
     ca, B, C, D = channel_dims(x, channel_axis, "batch_norm")
-    w = check_param(weight, (C,), "weight")
-    b = check_param(bias, (C,), "bias")
-    eps = check_eps(eps)
-    check_momentum(momentum)
-    rm, rv = _running.check_running(running_mean, running_var, C, training)
+    w, b, eps, rm, rv = _running.check_channel_args(C, weight, bias, eps, momentum, running_mean, running_var,
+                                                    training)
     ch = x.chunks[ca]
     inds = tuple(range(x.ndim))
     wd, bd = _channel_chunks(w, ch), _channel_chunks(b, ch)

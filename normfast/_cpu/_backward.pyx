@@ -4,14 +4,6 @@ cimport numpy as cnp
 from libc.stdint cimport int64_t
 cnp.import_array()
 
-from cpython.pycapsule cimport PyCapsule_GetPointer
-from normfast._cpu._pool import capsule as _pool_capsule
-
-cdef extern from "parallel.h" nogil:
-    void nf_set_parallel(void *entry)
-
-nf_set_parallel(PyCapsule_GetPointer(_pool_capsule(), b"normfast.nf_parallel"))
-
 cdef extern from "backward.h" nogil:
     int nf_rows_backward_f32(const float *x, const float *dy, const float *gh, int64_t M, int64_t N, const double *mean,
                              const double *rstd, const double *w, float *dx, double *dw, double *db, int nt)

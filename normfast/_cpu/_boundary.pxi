@@ -1,6 +1,14 @@
 # The C boundary (reliability issue, class 9): every array a kernel receives is checked here, so a
 # bug above can only raise, never make a kernel read or write outside an array.
-# Included by the kernel modules (_moments, _normalize, _backward).
+# Included by the kernel modules (_moments, _normalize, _backward), which also get the process's
+# thread pool here (its entry point from normfast._cpu._pool).
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from normfast._cpu._pool import capsule as _pool_capsule
+
+cdef extern from "parallel.h" nogil:
+    void nf_set_parallel(void *entry)
+
+nf_set_parallel(PyCapsule_GetPointer(_pool_capsule(), b"normfast.nf_parallel"))
 
 cdef int _KERNEL_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
 

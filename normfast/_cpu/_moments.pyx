@@ -4,14 +4,6 @@ cimport numpy as cnp
 from libc.stdint cimport int64_t
 cnp.import_array()
 
-from cpython.pycapsule cimport PyCapsule_GetPointer
-from normfast._cpu._pool import capsule as _pool_capsule
-
-cdef extern from "parallel.h" nogil:
-    void nf_set_parallel(void *entry)
-
-nf_set_parallel(PyCapsule_GetPointer(_pool_capsule(), b"normfast.nf_parallel"))
-
 cdef extern from "moments.h" nogil:
     ctypedef struct nf_mom:
         double n, mean, m2

@@ -5,14 +5,6 @@ import numpy as np
 from libc.stdint cimport int64_t
 cnp.import_array()
 
-from cpython.pycapsule cimport PyCapsule_GetPointer
-from normfast._cpu._pool import capsule as _pool_capsule
-
-cdef extern from "parallel.h" nogil:
-    void nf_set_parallel(void *entry)
-
-nf_set_parallel(PyCapsule_GetPointer(_pool_capsule(), b"normfast.nf_parallel"))
-
 cdef extern from "normalize.h" nogil:
     int nf_apply4d_f32(const float *x, const float *dy, float *y, int64_t A, int64_t B, int64_t C, int64_t D,
                        const double *m, const double *p, const double *q, const double *r, int nt)
@@ -231,6 +223,11 @@ cdef inline bint _plain(object a, int typenum):
             and cnp.PyArray_ISNOTSWAPPED(arr))
 
 
+cdef inline bint _plain_vector(object a, int typenum, int64_t n):
+    """A plain (see _plain) 1-d array of n elements."""
+    return _plain(a, typenum) and cnp.PyArray_NDIM(<cnp.ndarray>a) == 1 and cnp.PyArray_DIMS(<cnp.ndarray>a)[0] == n
+
+
 cdef inline bint _apart(cnp.ndarray a, cnp.ndarray b):
     """Two contiguous arrays with no byte in common."""
     cdef char *pa = <char *>cnp.PyArray_DATA(a)
@@ -319,14 +316,12 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
     else:
         return NotImplemented
     if weight is not None:
-        if not _plain(weight, typenum) or cnp.PyArray_NDIM(<cnp.ndarray>weight) != 1 \
-                or cnp.PyArray_DIMS(<cnp.ndarray>weight)[0] != N:
+        if not _plain_vector(weight, typenum, N):
             return NotImplemented
         wa = <cnp.ndarray>weight
         pw = cnp.PyArray_DATA(wa)
     if bias is not None:
-        if not _plain(bias, typenum) or cnp.PyArray_NDIM(<cnp.ndarray>bias) != 1 \
-                or cnp.PyArray_DIMS(<cnp.ndarray>bias)[0] != N:
+        if not _plain_vector(bias, typenum, N):
             return NotImplemented
         ba = <cnp.ndarray>bias
         pb = cnp.PyArray_DATA(ba)
