@@ -51,9 +51,37 @@ def _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_ou
 
 def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None,
                    residual_out=None, return_stats=False):
-    """``h = x + residual; y = layer_norm(h)`` fused.  Returns ``(y, h)`` or, with
-    ``return_stats``, ``(y, h, mean, rstd)`` (float64, shape ``x.shape[:-len(normalized_shape)]``).
-    ``residual_out=residual`` (in place) and ``out=x`` are allowed."""
+    """``h = x + residual`` (rounded in x's dtype) then ``y = layer_norm(h)``, fused: one read of x and
+    residual, one write of y and h.
+
+    Parameters
+    ----------
+    x, residual : arrays of the same shape and dtype (float16, float32, float64)
+    normalized_shape : int or sequence of int
+    weight, bias : arrays of shape ``normalized_shape``, optional
+    eps : float, default 1e-5
+    out, residual_out : arrays like x, optional
+        Where to write y and h; ``out=x`` and ``residual_out=residual`` are allowed (in place).
+    return_stats : bool, default False
+
+    Returns
+    -------
+    y, h : arrays like x
+    mean, rstd : float64 arrays, only with ``return_stats``
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`layer_norm`, and residual not matching x, out and residual_out sharing memory.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x, r = np.ones((2, 4)), np.arange(8.0).reshape(2, 4)
+    >>> y, h = nf.add_layer_norm(x, r, 4)
+    >>> np.array_equal(h, x + r), np.allclose(y, nf.layer_norm(x + r, 4))
+    (True, True)
+    """
     eps = check_eps(eps)
     y, h, mean, rstd = _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_out, False,
                                  "add_layer_norm")
@@ -62,8 +90,37 @@ def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e
 
 def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=None, residual_out=None,
                  return_stats=False):
-    """``h = x + residual; y = rms_norm(h)`` fused.  Returns ``(y, h)`` or ``(y, h, rstd)``.
-    eps=None uses the machine epsilon of x's dtype."""
+    """``h = x + residual`` (rounded in x's dtype) then ``y = rms_norm(h)``, fused: one read of x and
+    residual, one write of y and h.
+
+    Parameters
+    ----------
+    x, residual : arrays of the same shape and dtype (float16, float32, float64)
+    normalized_shape : int or sequence of int
+    weight : array of shape ``normalized_shape``, optional
+    eps : float, optional (None: machine epsilon of x's dtype)
+    out, residual_out : arrays like x, optional
+        Where to write y and h; ``out=x`` and ``residual_out=residual`` are allowed (in place).
+    return_stats : bool, default False
+
+    Returns
+    -------
+    y, h : arrays like x
+    rstd : float64 array, only with ``return_stats``
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`rms_norm`, and residual not matching x, out and residual_out sharing memory.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x, r = np.ones((2, 4)), np.arange(8.0).reshape(2, 4)
+    >>> y, h = nf.add_rms_norm(x, r, 4)
+    >>> np.array_equal(h, x + r), np.allclose(y, nf.rms_norm(x + r, 4))
+    (True, True)
+    """
     x = check_float_array(x)
     eps = float(np.finfo(x.dtype).eps) if eps is None else check_eps(eps)
     y, h, _, rstd = _add_norm(x, residual, normalized_shape, weight, None, eps, out, residual_out, True,
@@ -96,17 +153,82 @@ def _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, rms, 
 
 def add_layer_norm_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight=None, *, out=None):
     """Gradients of :func:`add_layer_norm`: ``(grad_input, grad_weight, grad_bias)``.
-    ``grad_h`` (gradient reaching h from the next block, or None) is added to the norm's input
+
+    ``grad_h`` (the gradient reaching h from later uses, or None) is added to the norm's input
     gradient in the same pass; ``grad_input`` is the gradient of both x and residual.
-    out : optional array for grad_input (h's shape and dtype); may be ``grad_y``, ``grad_h`` or
-    ``h`` itself (in place), must not overlap them otherwise."""
+
+    Parameters
+    ----------
+    grad_y : array like h
+    grad_h : array like h, or None
+    h : array
+        The forward's h (= x + residual).
+    mean, rstd : arrays from ``return_stats=True``
+    normalized_shape : int or sequence of int
+    weight : array, optional
+    out : array like h, optional
+        Where to write grad_input; may be grad_y, grad_h or h (in place).
+
+    Returns
+    -------
+    grad_input : array like h
+    grad_weight, grad_bias : arrays, or None without a weight
+
+    Raises
+    ------
+    TypeError, ValueError
+        Shapes or dtypes that do not match h, a bad ``out``.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x, r = np.random.default_rng(0).normal(size=(2, 2, 4))
+    >>> y, h, *stats = nf.add_layer_norm(x, r, 4, return_stats=True)
+    >>> g = nf.add_layer_norm_backward(np.ones_like(h), np.ones_like(h), h, *stats, 4)
+    >>> np.allclose(g[0], 1.0)
+    True
+    """
     return _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, False, "add_layer_norm_backward",
                          out)
 
 
 def add_rms_norm_backward(grad_y, grad_h, h, rstd, normalized_shape, weight=None, *, out=None):
-    """Gradients of :func:`add_rms_norm`: ``(grad_input, grad_weight)``; ``out`` as in
-    :func:`add_layer_norm_backward`."""
+    """Gradients of :func:`add_rms_norm`: ``(grad_input, grad_weight)``.
+
+    ``grad_h`` (the gradient reaching h from later uses, or None) is added to the norm's input
+    gradient in the same pass; ``grad_input`` is the gradient of both x and residual.
+
+    Parameters
+    ----------
+    grad_y : array like h
+    grad_h : array like h, or None
+    h : array
+        The forward's h (= x + residual).
+    rstd : array from ``return_stats=True``
+    normalized_shape : int or sequence of int
+    weight : array, optional
+    out : array like h, optional
+        Where to write grad_input; may be grad_y, grad_h or h (in place).
+
+    Returns
+    -------
+    grad_input : array like h
+    grad_weight : array, or None without a weight
+
+    Raises
+    ------
+    TypeError, ValueError
+        Shapes or dtypes that do not match h, a bad ``out``.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x, r = np.random.default_rng(0).normal(size=(2, 2, 4))
+    >>> y, h, *stats = nf.add_rms_norm(x, r, 4, return_stats=True)
+    >>> g = nf.add_rms_norm_backward(np.ones_like(h), np.ones_like(h), h, *stats, 4)
+    >>> g[0].shape
+    (2, 4)
+    """
     dx, dw, _ = _add_backward(grad_y, grad_h, h, None, rstd, normalized_shape, weight, True, "add_rms_norm_backward",
                               out)
     return dx, dw

@@ -17,15 +17,47 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
                eps=1e-5, *, channel_axis=1, out=None, return_stats=False, num_batches_tracked=None):
     """Batch normalization (as ``torch.nn.functional.batch_norm``).
 
-    x : float16/32/64 array with channels on ``channel_axis`` (1: NCHW-style, -1: channels-last),
-        any number of spatial dims.  weight, bias, running_mean, running_var : optional (C,).
-    training=True : normalize with the batch statistics and, when given, update
-        ``running_mean``/``running_var`` in place: ``r = (1 - m) * r + m * stat`` with the
-        unbiased variance for ``running_var``.  ``momentum=None`` gives the cumulative moving
-        average ``m = 1 / num_batches_tracked``: pass ``num_batches_tracked`` (a one-element
-        int64 array, incremented in place on every training call, like torch's module buffer).
-    training=False : normalize with the running statistics (required).
-    return_stats : also return ``mean`` and ``rstd`` (float64, (C,)) actually used.
+    Parameters
+    ----------
+    x : array of float16, float32 or float64, at least 2-d
+        Channels on ``channel_axis`` (1: NCHW-style, -1: channels-last), any spatial rank.
+    running_mean, running_var : arrays of shape (C,), optional
+        training=True: updated in place, ``r = (1 - m) * r + m * stat`` with the unbiased batch
+        variance for ``running_var``.  training=False: used to normalize (required).
+    weight, bias : arrays of shape (C,), optional
+    training : bool, default False
+    momentum : float in [0, 1] or None, default 0.1
+        None: cumulative moving average ``m = 1 / num_batches_tracked`` (needs ``num_batches_tracked``).
+    eps : float, default 1e-5
+    channel_axis : int, default 1
+    out : array like x, optional
+        Where to write y; may be x itself.
+    return_stats : bool, default False
+        Also return the ``mean`` and ``rstd`` used (float64, shape (C,)).
+    num_batches_tracked : one-element integer NumPy array, optional
+        Incremented in place on every training call (torch's module buffer).
+
+    Returns
+    -------
+    y : array of x's shape, dtype and type
+    mean, rstd : float64 arrays, only with ``return_stats``
+
+    Raises
+    ------
+    TypeError
+        Non-floating arrays, a bad momentum or eps type.
+    ValueError
+        One value per channel when training, missing running statistics when not training,
+        shapes that do not match, read-only or overlapping outputs.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.arange(12.0).reshape(3, 2, 2)
+    >>> rm, rv = np.zeros(2), np.ones(2)
+    >>> y = nf.batch_norm(x, rm, rv, training=True)
+    >>> np.allclose(y.mean(axis=(0, 2)), 0.0), np.allclose(rm, 0.1 * x.mean(axis=(0, 2)))
+    (True, True)
     """
     x = check_float_array(x)
     ca, B, C, D = channel_dims(x, channel_axis, "batch_norm")
@@ -65,12 +97,44 @@ def batch_norm_backward(grad_out, x, mean, rstd, weight=None, training=True, *, 
                         needs_input_grad=(True, True, True), out=None):
     """Gradients of :func:`batch_norm`: ``(grad_x, grad_weight, grad_bias)``.
 
-    mean, rstd : (C,) as returned with ``return_stats=True`` (the batch statistics when
-    training, the running statistics otherwise).  ``training=False`` is the eval-mode
-    gradient (statistics are constants): ``grad_x = grad_out * rstd * weight``.
-    Two passes: per-channel sums of grad_out and grad_out * x_hat (float64, fixed order),
-    then grad_x.  out : optional array for grad_x (x's shape and dtype); may be ``grad_out`` or
-    ``x`` itself (in place), must not overlap them otherwise.
+    Two passes: per-channel sums of grad_out and grad_out * x_hat (float64, fixed order), then
+    grad_x.  ``training=False`` is the eval-mode gradient (statistics are constants).
+
+    Parameters
+    ----------
+    grad_out : array like x
+        Gradient of the loss with respect to the forward's output.
+    x : array
+        The forward's input.
+    mean, rstd : arrays of shape (C,)
+        As returned with ``return_stats=True`` (batch statistics when training, running ones otherwise).
+    weight : array, optional
+        The forward's weight (None: no weight; grad_weight and grad_bias are then None).
+    training : bool, default True
+    channel_axis : int, default 1
+    needs_input_grad : tuple of bool, default all True
+        Gradients not requested are returned as None and not computed.
+    out : array like x, optional
+        Where to write grad_x; may be grad_out or x itself (in place).
+
+    Returns
+    -------
+    grad_x : array like x, or None
+    grad_weight, grad_bias : arrays of shape (C,) in the weight's dtype, or None
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-floating arrays, shapes that do not match x, statistics of the wrong size, a bad ``out``.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.random.default_rng(0).normal(size=(6, 3))
+    >>> y, mean, rstd = nf.batch_norm(x, training=True, return_stats=True)
+    >>> gx, _, _ = nf.batch_norm_backward(np.ones_like(x), x, mean, rstd)
+    >>> np.allclose(gx, 0.0)
+    True
     """
     x = check_float_array(x)
     dy = _core.check_grad_out(grad_out, x)

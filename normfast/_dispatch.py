@@ -24,7 +24,29 @@ def _module(obj):
 
 
 def get_backend(x):
-    """The backend a call with ``x`` would use: 'numpy', 'dask', 'cupy', 'dlpack-cpu', 'array-api'."""
+    """The backend a call with ``x`` would use.
+
+    Parameters
+    ----------
+    x : object
+        The first array argument of a call.
+
+    Returns
+    -------
+    str
+        'numpy', 'dask', 'cupy', 'dlpack-cpu' (torch, JAX, ... through DLPack) or 'array-api'.
+
+    Raises
+    ------
+    TypeError
+        x is not an array of a supported kind.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> nf.get_backend(np.ones(3))
+    'numpy'
+    """
     if isinstance(x, np.ndarray):
         return "numpy"
     mod = _module(x)
@@ -57,7 +79,19 @@ def _available_modules():
 
 
 def backends():
-    """Backends available in this environment (importable; 'cupy' also needs a usable device)."""
+    """Backends available in this environment.
+
+    Returns
+    -------
+    list of str
+        'numpy' always; 'cupy' with a usable CUDA device; 'torch', 'dask', 'array-api' when importable.
+
+    Examples
+    --------
+    >>> import normfast as nf
+    >>> nf.backends()[0]
+    'numpy'
+    """
     found = ["numpy"]
     mods = _available_modules()
     if "cupy" in mods:

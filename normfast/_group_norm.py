@@ -17,11 +17,36 @@ def sample_channel_dims(x, channel_axis, fname):
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None, return_stats=False):
     """Group normalization (as ``torch.nn.functional.group_norm``).
 
-    x : (N, C, *spatial) with ``channel_axis=1`` or (N, *spatial, C) with ``channel_axis=-1``.
-    num_groups : divides C.  weight, bias : optional (C,).
-    Returns ``y`` or ``(y, mean, rstd)`` with float64 stats of shape (N, num_groups).
-    Channels-first input is normalized row by row in one fused pass; channels-last
-    input without a transposing copy.
+    Parameters
+    ----------
+    x : array of float16, float32 or float64, shape (N, C, *spatial) or channels-last
+    num_groups : int
+        Divides C; statistics per (sample, group) over the group's channels and positions.
+    weight, bias : arrays of shape (C,), optional
+    eps : float, default 1e-5
+    channel_axis : int, default 1
+        1 for (N, C, ...), -1 for (N, ..., C) (no transposing copy).
+    out : array like x, optional
+    return_stats : bool, default False
+        Also return ``mean`` and ``rstd`` (float64, shape (N, num_groups)).
+
+    Returns
+    -------
+    y : array of x's shape, dtype and type
+    mean, rstd : float64 arrays, only with ``return_stats``
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-floating arrays, num_groups not dividing C, bad shapes or outputs.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.random.default_rng(0).normal(size=(2, 4, 3))
+    >>> y = nf.group_norm(x, 2)
+    >>> np.allclose(y.reshape(2, 2, 6).mean(axis=-1), 0.0)
+    True
     """
     x = check_float_array(x)
     N, pre, C, post = sample_channel_dims(x, channel_axis, "group_norm")
@@ -55,9 +80,44 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
 
 def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight=None, *, channel_axis=1,
                         needs_input_grad=(True, True, True), out=None):
-    """Gradients of :func:`group_norm`: ``(grad_x, grad_weight, grad_bias)``; mean/rstd (N, G)
-    as returned with ``return_stats=True``.  out : optional array for grad_x (x's shape and
-    dtype); may be ``grad_out`` or ``x`` itself (in place), must not overlap them otherwise."""
+    """Gradients of :func:`group_norm`: ``(grad_x, grad_weight, grad_bias)``.
+
+    Parameters
+    ----------
+    grad_out : array like x
+        Gradient of the loss with respect to the forward's output.
+    x : array
+        The forward's input.
+    mean, rstd : arrays of shape (N, num_groups)
+        As returned with ``return_stats=True``.
+    num_groups : int
+    weight : array, optional
+        The forward's weight (None: no weight; grad_weight and grad_bias are then None).
+    channel_axis : int, default 1
+    needs_input_grad : tuple of bool, default all True
+        Gradients not requested are returned as None and not computed.
+    out : array like x, optional
+        Where to write grad_x; may be grad_out or x itself (in place).
+
+    Returns
+    -------
+    grad_x : array like x, or None
+    grad_weight, grad_bias : arrays of shape (C,), or None
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-floating arrays, shapes that do not match x, statistics of the wrong size, a bad ``out``.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.random.default_rng(0).normal(size=(2, 4, 3))
+    >>> y, mean, rstd = nf.group_norm(x, 2, return_stats=True)
+    >>> gx, _, _ = nf.group_norm_backward(np.ones_like(x), x, mean, rstd, 2)
+    >>> np.allclose(gx, 0.0)
+    True
+    """
     x = check_float_array(x)
     dy = _core.check_grad_out(grad_out, x)
     N, pre, C, post = sample_channel_dims(x, channel_axis, "group_norm_backward")

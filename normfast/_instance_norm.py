@@ -10,11 +10,37 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
                   momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, return_stats=False):
     """Instance normalization (as ``torch.nn.functional.instance_norm``).
 
-    x : (N, C, *spatial) with ``channel_axis=1`` or (N, *spatial, C) with ``channel_axis=-1``.
-    use_input_stats=True : per-(n, c) statistics; when given, ``running_mean``/``running_var``
-        (C,) are updated in place with the batch average of the instance means and unbiased
-        variances (torch's rule).  False : normalize with the running statistics.
-    Returns ``y`` or ``(y, mean, rstd)`` with float64 stats of shape (N, C).
+    Parameters
+    ----------
+    x : array of float16, float32 or float64, shape (N, C, *spatial) or channels-last
+    running_mean, running_var : arrays of shape (C,), optional
+        With ``use_input_stats``: updated in place with the batch average of the instance means and
+        unbiased variances (torch's rule).  Without: used to normalize (required).
+    weight, bias : arrays of shape (C,), optional
+    use_input_stats : bool, default True
+    momentum : float, default 0.1
+    eps : float, default 1e-5
+    channel_axis : int, default 1
+    out : array like x, optional
+    return_stats : bool, default False
+        Also return ``mean`` and ``rstd`` (float64, shape (N, C)).
+
+    Returns
+    -------
+    y : array of x's shape, dtype and type
+    mean, rstd : float64 arrays, only with ``return_stats``
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-floating arrays, one spatial value when using input statistics, bad shapes or outputs.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.random.default_rng(0).normal(size=(2, 3, 5))
+    >>> np.allclose(nf.instance_norm(x).mean(axis=-1), 0.0)
+    True
     """
     x = check_float_array(x)
     N, pre, C, post = sample_channel_dims(x, channel_axis, "instance_norm")
@@ -59,9 +85,43 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
 
 def instance_norm_backward(grad_out, x, mean, rstd, weight=None, *, channel_axis=1,
                            needs_input_grad=(True, True, True), out=None):
-    """Gradients of :func:`instance_norm` with input statistics: ``(grad_x, grad_weight,
-    grad_bias)``; mean/rstd (N, C) as returned with ``return_stats=True``.  out : optional array
-    for grad_x (x's shape and dtype); may be ``grad_out`` or ``x`` itself (in place)."""
+    """Gradients of :func:`instance_norm` with input statistics: ``(grad_x, grad_weight, grad_bias)``.
+
+    Parameters
+    ----------
+    grad_out : array like x
+        Gradient of the loss with respect to the forward's output.
+    x : array
+        The forward's input.
+    mean, rstd : arrays of shape (N, C)
+        As returned with ``return_stats=True``.
+    weight : array, optional
+        The forward's weight (None: no weight; grad_weight and grad_bias are then None).
+    channel_axis : int, default 1
+    needs_input_grad : tuple of bool, default all True
+        Gradients not requested are returned as None and not computed.
+    out : array like x, optional
+        Where to write grad_x; may be grad_out or x itself (in place).
+
+    Returns
+    -------
+    grad_x : array like x, or None
+    grad_weight, grad_bias : arrays of shape (C,), or None
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-floating arrays, shapes that do not match x, statistics of the wrong size, a bad ``out``.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.random.default_rng(0).normal(size=(2, 3, 5))
+    >>> y, mean, rstd = nf.instance_norm(x, return_stats=True)
+    >>> gx, _, _ = nf.instance_norm_backward(np.ones_like(x), x, mean, rstd)
+    >>> np.allclose(gx, 0.0)
+    True
+    """
     x = check_float_array(x)
     dy = _core.check_grad_out(grad_out, x)
     N, pre, C, post = sample_channel_dims(x, channel_axis, "instance_norm_backward")

@@ -26,12 +26,47 @@ def normalized_axes(x, normalized_shape, fname):
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
-    """Layer normalization over the trailing ``normalized_shape`` dims (as ``torch.nn.functional.layer_norm``).
+    """Layer normalization over the trailing ``normalized_shape`` dimensions.
 
-    x : float16/32/64 array (..., *normalized_shape); weight, bias : optional, shape ``normalized_shape``.
-    Returns ``y`` (x's shape and dtype) or, with ``return_stats``, ``(y, mean, rstd)`` where
-    mean/rstd are float64 of shape ``x.shape[:-len(normalized_shape)]`` and
-    ``rstd = 1/sqrt(var + eps)`` with the biased variance.  One fused pass per row.
+    As ``torch.nn.functional.layer_norm``: ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with
+    the biased variance of each row.  Statistics in float64 (single pass, thread-count independent),
+    ``x - mean`` in float64, one rounding to x's dtype.
+
+    Parameters
+    ----------
+    x : array of float16, float32 or float64, shape ``(..., *normalized_shape)``
+        Any array type the package takes (NumPy, torch, CuPy, Dask, Array API); any strides.
+    normalized_shape : int or sequence of int
+        The trailing dimensions normalized together.
+    weight, bias : array of shape ``normalized_shape``, optional
+        Elementwise affine (any float dtype; read as float64).
+    eps : float, default 1e-5
+        Added to the variance.
+    out : array like x, optional
+        Where to write y; may be x itself (in place).  Must not overlap x otherwise.
+    return_stats : bool, default False
+        Also return ``mean`` and ``rstd = 1 / sqrt(var + eps)`` (float64, shape ``x.shape[:-k]``).
+
+    Returns
+    -------
+    y : array of x's shape, dtype and type (``out`` when given)
+    mean, rstd : float64 arrays, only with ``return_stats``
+
+    Raises
+    ------
+    TypeError
+        x or a parameter is not a floating array, eps is not a real number.
+    ValueError
+        ``normalized_shape`` does not match x's trailing dimensions, a parameter has the wrong
+        shape, eps < 0, or ``out`` is read-only / overlaps x partially.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.array([[1.0, 2.0, 3.0, 4.0]])
+    >>> y = nf.layer_norm(x, 4)
+    >>> np.allclose(y, (x - 2.5) / np.sqrt(1.25 + 1e-5))
+    True
     """
     x = check_float_array(x)
     shape, axes = normalized_axes(x, normalized_shape, "layer_norm")
@@ -47,13 +82,43 @@ def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, 
                         needs_input_grad=(True, True, True), out=None):
     """Gradients of :func:`layer_norm`: ``(grad_x, grad_weight, grad_bias)``.
 
-    mean, rstd : as returned by ``layer_norm(..., return_stats=True)`` (any float dtype).
-    A gradient not requested in ``needs_input_grad`` (or grad_weight/grad_bias when
-    ``weight`` is None) is returned as None and not computed.  Per row: one pass for the
-    two reductions (and the grad_weight/grad_bias partials), one pass for grad_x while the
-    row is in cache; reductions in float64, independent of the thread count.
-    out : optional array for grad_x (x's shape and dtype); may be ``grad_out`` or ``x`` itself
-    (in place, as frameworks do to save memory), must not overlap them otherwise.
+    Per row: one pass for the two row sums (float64), then grad_x while the row is in cache;
+    grad_weight / grad_bias summed per block of rows in a fixed order (thread-count independent).
+
+    Parameters
+    ----------
+    grad_out : array like x
+        Gradient of the loss with respect to the forward's output.
+    x : array
+        The forward's input.
+    mean, rstd : arrays
+        As returned by ``layer_norm(..., return_stats=True)`` (any float dtype).
+    normalized_shape : int or sequence of int
+    weight : array, optional
+        The forward's weight (None: no weight; grad_weight and grad_bias are then None).
+    needs_input_grad : tuple of bool, default all True
+        Gradients not requested are returned as None and not computed.
+    out : array like x, optional
+        Where to write grad_x; may be grad_out or x itself (in place).
+
+    Returns
+    -------
+    grad_x : array like x, or None
+    grad_weight, grad_bias : arrays of the weight's shape and dtype, or None
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-floating arrays, shapes that do not match x, statistics of the wrong size, a bad ``out``.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.random.default_rng(0).normal(size=(4, 8))
+    >>> y, mean, rstd = nf.layer_norm(x, 8, return_stats=True)
+    >>> gx, gw, gb = nf.layer_norm_backward(np.ones_like(x), x, mean, rstd, 8)
+    >>> np.allclose(gx, 0.0), gw is None
+    (True, True)
     """
     x = check_float_array(x)
     dy = _core.check_grad_out(grad_out, x)

@@ -32,14 +32,42 @@ def _count_mean_m2(x, axis):
 def moments(x, axis=None, *, correction=0, keepdims=False, return_count=False):
     """Mean and variance of ``x`` over ``axis`` in one pass over memory.
 
+    Chunked shifted sums in float64 merged with Chan's formula: single pass, mergeable,
+    bitwise independent of the thread count.
+
     Parameters
     ----------
-    x : float16/32/64 array.  axis : None (all), int or tuple of ints.
-    correction : degrees of freedom removed from the count (0: biased, 1: unbiased; any real
-        >= 0, as the Array API allows), like ``numpy.var(ddof=)`` / ``torch.var(correction=)``.
-    Returns ``(mean, var)`` (``(mean, var, count)`` with ``return_count``), in float64 for
-    float64 input and float32 otherwise (accumulation is always float64).  Empty reductions
-    give NaN.
+    x : array of float16, float32 or float64
+        Any array type the package takes; any strides.
+    axis : None, int or tuple of int, default None
+        None reduces over all axes; ``()`` is the empty reduction (mean = x, var = 0).
+    correction : real >= 0, default 0
+        Degrees of freedom removed from the count (0: biased, 1: unbiased; floats allowed, as
+        the Array API does), like ``numpy.var(ddof=)`` / ``torch.var(correction=)``.
+    keepdims : bool, default False
+    return_count : bool, default False
+        Also return the number of values per statistic.
+
+    Returns
+    -------
+    mean, var : arrays of the kept axes' shape
+        float64 for float64 input, float32 otherwise (accumulation is always float64).
+        Empty reductions give NaN; inf in the data gives NumPy's results.
+    count : int, only with ``return_count``
+
+    Raises
+    ------
+    TypeError
+        x is not a floating array, correction is not a real number.
+    ValueError
+        An axis out of range or repeated, correction < 0.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> mean, var = nf.moments(np.array([[1.0, 2.0], [3.0, 6.0]]), axis=0)
+    >>> mean.tolist(), var.tolist()
+    ([2.0, 4.0], [1.0, 4.0])
     """
     correction = check_correction(correction)
     count, mean, m2, axes = _count_mean_m2(x, axis)
@@ -75,6 +103,34 @@ class Moments:
     formula (unequal counts allowed); both are exact rearrangements, so statistics computed
     on shards (threads, processes, machines) and merged equal the statistics of the whole.
     Pickles to its three arrays.
+
+    Parameters
+    ----------
+    count : float or array, default 0
+        Number of values (a sum of weights for weighted statistics).
+    mean : float or array, default 0.0
+    m2 : float or array, default 0.0
+        Sum of squared deviations from the mean.
+
+    Attributes
+    ----------
+    count, mean, m2 : float64 arrays
+
+    Raises
+    ------
+    TypeError
+        ``merge`` with something that is not a Moments.
+    ValueError
+        ``merge`` of states of different shapes (the empty default state merges with any).
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.arange(10.0).reshape(5, 2)
+    >>> parts = [nf.Moments.from_array(x[:2]), nf.Moments.from_array(x[2:])]
+    >>> total = nf.Moments.reduce(parts)
+    >>> np.allclose(total.mean, x.mean(0)), np.allclose(total.var(), x.var(0))
+    (True, True)
     """
 
     __slots__ = ("count", "mean", "m2")

@@ -17,6 +17,24 @@ def normalize(x, axis=-1, weight=None, bias=None, eps=1e-5, *, out=None, return_
     return_stats : also return ``mean`` and ``rstd = 1/sqrt(var + eps)`` (float64), shaped as
         the kept axes.
 
+    Returns
+    -------
+    y : array of x's shape, dtype and type (``out`` when given)
+    mean, rstd : float64 arrays of the kept axes' shape, only with ``return_stats``
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-floating arrays, axes out of range or repeated, parameters of the wrong shape, a bad
+        ``out``.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> nf.normalize(x, axis=0, eps=0.0).tolist()
+    [[-1.0, -1.0], [1.0, 1.0]]
+
     Notes
     -----
     Statistics use float64 accumulators in a single pass (chunked shifted sums merged with

@@ -7,10 +7,38 @@ from ._layer_norm import normalized_axes
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
-    """``y = x / sqrt(mean(x**2) + eps) * weight`` (as ``torch.nn.functional.rms_norm``).
+    """Root-mean-square normalization over the trailing ``normalized_shape`` dimensions.
 
-    eps=None uses the machine epsilon of x's dtype, like torch.  Returns ``y`` or
-    ``(y, rstd)`` with float64 ``rstd`` of shape ``x.shape[:-len(normalized_shape)]``.
+    As ``torch.nn.functional.rms_norm``: ``y = x / sqrt(mean(x**2) + eps) * weight``.
+
+    Parameters
+    ----------
+    x : array of float16, float32 or float64, shape ``(..., *normalized_shape)``
+    normalized_shape : int or sequence of int
+    weight : array of shape ``normalized_shape``, optional
+    eps : float, optional
+        None (default) uses the machine epsilon of x's dtype, as torch does.
+    out : array like x, optional
+        Where to write y; may be x itself.
+    return_stats : bool, default False
+        Also return ``rstd`` (float64, shape ``x.shape[:-k]``).
+
+    Returns
+    -------
+    y : array of x's shape, dtype and type
+    rstd : float64 array, only with ``return_stats``
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`layer_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.array([[3.0, 4.0]])
+    >>> np.allclose(nf.rms_norm(x, 2, eps=0.0), x / np.sqrt(12.5))
+    True
     """
     x = check_float_array(x)
     shape, axes = normalized_axes(x, normalized_shape, "rms_norm")
@@ -22,9 +50,43 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_sta
 
 
 def rms_norm_backward(grad_out, x, rstd, normalized_shape, weight=None, *, needs_input_grad=(True, True), out=None):
-    """Gradients of :func:`rms_norm`: ``(grad_x, grad_weight)``; rstd as returned with
-    ``return_stats=True``.  Same fused row-wise scheme as ``layer_norm_backward``; ``out``
-    (grad_x) as there: may be ``grad_out`` or ``x`` itself."""
+    """Gradients of :func:`rms_norm`: ``(grad_x, grad_weight)``.
+
+    Parameters
+    ----------
+    grad_out : array like x
+        Gradient of the loss with respect to the forward's output.
+    x : array
+        The forward's input.
+    rstd : array
+        As returned by ``rms_norm(..., return_stats=True)``.
+    normalized_shape : int or sequence of int
+    weight : array, optional
+        The forward's weight (None: no weight; grad_weight and grad_bias are then None).
+    needs_input_grad : tuple of bool, default all True
+        Gradients not requested are returned as None and not computed.
+    out : array like x, optional
+        Where to write grad_x; may be grad_out or x itself (in place).
+
+    Returns
+    -------
+    grad_x : array like x, or None
+    grad_weight : array of the weight's shape and dtype, or None
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-floating arrays, shapes that do not match x, statistics of the wrong size, a bad ``out``.
+
+    Examples
+    --------
+    >>> import numpy as np, normfast as nf
+    >>> x = np.random.default_rng(0).normal(size=(4, 8))
+    >>> y, rstd = nf.rms_norm(x, 8, return_stats=True)
+    >>> gx, gw = nf.rms_norm_backward(np.ones_like(x), x, rstd, 8)
+    >>> gx.shape
+    (4, 8)
+    """
     x = check_float_array(x)
     dy = _core.check_grad_out(grad_out, x)
     shape, _ = normalized_axes(x, normalized_shape, "rms_norm_backward")

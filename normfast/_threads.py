@@ -53,7 +53,28 @@ def _push():
 
 
 def set_num_threads(n):
-    """Set the number of threads normfast's CPU kernels use (``None`` restores the default)."""
+    """Set the number of threads normfast's CPU kernels use.
+
+    Parameters
+    ----------
+    n : int or None
+        1 .. 4096; None restores the default (OpenMP's setting, e.g. ``OMP_NUM_THREADS``,
+        threadpoolctl or ``torch.set_num_threads``, capped by the CPUs this process may use).
+
+    Raises
+    ------
+    TypeError
+        n is not an int or None.
+    ValueError
+        n < 1 or n > 4096.
+
+    Examples
+    --------
+    >>> import normfast as nf
+    >>> nf.set_num_threads(1); nf.get_num_threads()
+    1
+    >>> nf.set_num_threads(None)
+    """
     global _override
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
@@ -68,7 +89,20 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """Number of threads the next CPU kernel call may use."""
+    """Number of threads the next CPU kernel call may use.
+
+    Returns
+    -------
+    int
+        ``set_num_threads``'s value, else OpenMP's setting capped by the CPUs this process may use
+        (affinity mask and cgroup quota); 1 in a child process after ``fork``.
+
+    Examples
+    --------
+    >>> import normfast as nf
+    >>> nf.get_num_threads() >= 1
+    True
+    """
     return _normalize.num_threads()
 
 
