@@ -166,19 +166,39 @@ def _wrap_back(res, views, ours, convert):
     return convert(res)
 
 
-def _to_caller_cpu(x):
-    """NumPy -> x's array type."""
+def _to_caller_cpu(x, fname):
+    """NumPy -> x's array type, on x's device (Array API arrays need array-api-compat: without
+    it the call is refused before any work, never answered with NumPy arrays).  A result the
+    caller's library stores in a narrower dtype (JAX without x64: float64 statistics in
+    float32) comes back with a warning, not silently truncated."""
     if _module(x) == "torch":
         import torch
         return torch.from_dlpack
+    try:
+        import array_api_compat
+    except ImportError:
+        raise TypeError(f"{fname}: results for {type(x).__module__}.{type(x).__name__} arrays need "
+                        "array-api-compat: pip install array-api-compat (or pass NumPy arrays)") from None
+    xp = array_api_compat.array_namespace(x)
+    device = getattr(x, "device", None)
 
     def convert(res):
-        try:
-            import array_api_compat
-            return array_api_compat.array_namespace(x).from_dlpack(res)
-        except Exception:
-            return res
+        r = xp.from_dlpack(res)
+        if device is not None and getattr(r, "device", device) != device:
+            r = array_api_compat.to_device(r, device)
+        if getattr(r, "dtype", None) is not None and np.dtype(res.dtype).itemsize > getattr(r.dtype, "itemsize", 8):
+            import warnings
+            warnings.warn(f"{fname}: a {res.dtype} result was stored as {r.dtype} by {xp.__name__} (for JAX: "
+                          "enable x64 to keep float64 statistics)", RuntimeWarning, stacklevel=4)
+        return r
     return convert
+
+
+def _check_same_device(v, x, name):
+    """Array API arrays (not torch: DLPack says its device) on another device than x: TypeError."""
+    dx, dv = getattr(x, "device", None), getattr(v, "device", None)
+    if dx is not None and dv is not None and _module(v) == _module(x) and _module(x) != "torch" and dv != dx:
+        raise TypeError(f"{name} is on device {dv}, x on {dx}: move it to x's device first")
 
 
 def _torch_route(fn, args, kwargs, x):
@@ -199,8 +219,10 @@ def _route_dlpack(fn, args, kwargs, x):
             return res
     dev = DL_CPU
     views = []
+    convert = _to_caller_cpu(x, fn.__name__)
 
     def conv(v, name):
+        _check_same_device(v, x, name)
         nv = to_numpy(v, name, dev)
         if isinstance(nv, np.ndarray):
             views.append((nv, v))     # a caller's NumPy array (e.g. out=) comes back as itself
@@ -208,7 +230,7 @@ def _route_dlpack(fn, args, kwargs, x):
 
     nargs = [conv(a, f"argument {i}") for i, a in enumerate(args)]
     nkw = {k: conv(v, k) for k, v in kwargs.items()}
-    return _wrap_back(fn(*nargs, **nkw), views, lambda r: isinstance(r, np.ndarray), _to_caller_cpu(x))
+    return _wrap_back(fn(*nargs, **nkw), views, lambda r: isinstance(r, np.ndarray), convert)
 
 
 def _route_cupy(fn, args, kwargs, x):

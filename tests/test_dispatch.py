@@ -155,3 +155,34 @@ def test_jax_round_trip_if_installed():
     y = nf.layer_norm(jnp.asarray(x_np), 7)
     assert type(y).__module__.startswith("jax")
     assert np.array_equal(np.asarray(y), nf.layer_norm(x_np, 7))
+
+
+# ---------------------------------------------------------------- Array API devices (reliability issue, class 8)
+
+def test_array_api_results_on_x_device_and_other_device_rejected():
+    xs = pytest.importorskip("array_api_strict")
+    pytest.importorskip("array_api_compat")
+    dev = xs.Device("device1")
+    xnp = np.random.default_rng(0).normal(size=(4, 8))
+    x = xs.asarray(xnp, device=dev)
+    y, mean, rstd = nf.layer_norm(x, 8, return_stats=True)
+    for r in (y, mean, rstd):
+        assert r.device == dev
+    np.testing.assert_allclose(np.asarray(xs.asarray(y, device=xs.Device("CPU_DEVICE"))),
+                               (xnp - xnp.mean(1, keepdims=True)) / np.sqrt(xnp.var(1, keepdims=True) + 1e-5),
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="device"):
+        nf.layer_norm(xs.asarray(xnp), 8, xs.asarray(np.ones(8), device=dev))
+
+
+def test_array_api_input_without_array_api_compat_is_refused():
+    pytest.importorskip("array_api_strict")
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['array_api_compat'] = None\n"
+            "import numpy as np, array_api_strict as xs, normfast as nf\n"
+            "rm = np.zeros(3)\n"
+            "try:\n    nf.batch_norm(xs.asarray(np.ones((4, 3))), rm, np.ones(3), training=True)\n"
+            "except TypeError as e:\n    print('refused', 'array-api-compat' in str(e), float(rm.sum()) == 0.0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "refused True True"
