@@ -269,23 +269,34 @@ def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs, out=Non
     rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
     need_dx, need_dw, need_db = needs
     wc = np.ones(C) if w is None else w
+    # Per-(a, c) float64 arrays are few and reused in place: with few values per statistic (small
+    # spatial extent) each is a sizeable fraction of x (memory bound of the reliability issue).
     r = engine().reduce(xk, dims, Reduce.GRAD_SUMS, dyk, mean)
-    sdy = r[:, 1].reshape(A, C)
-    sxh = (r[:, 2] * rstd).reshape(A, C)                   # sum(dy * xh) per (a, c)
+    rs = rstd.reshape(A, C)
+    sdy = r[:, 1].reshape(A, C)                            # sum(dy) per (a, c)       (views of r)
+    sxh = r[:, 2].reshape(A, C)
+    sxh *= rs                                              # sum(dy * xh) per (a, c)
     dw = sxh.sum(axis=0) if need_dw else None
     db = sdy.sum(axis=0) if need_db else None
     dx = None
     if need_dx:
-        rs = rstd.reshape(A, C)
         alpha = rs * wc
         if training:
             n = float(B * D * group)
             G = C // group
-            s1 = (sdy * wc).reshape(A, G, group).sum(axis=2)
-            s2 = (sxh * wc).reshape(A, G, group).sum(axis=2)
-            s1, s2 = np.repeat(s1, group, axis=1), np.repeat(s2, group, axis=1)
-            beta, gamma = -rs * rs * s2 / n, -rs * s1 / n
+            sdy *= wc
+            sxh *= wc
+            s1 = sdy.reshape(A, G, group).sum(axis=2)[:, :, None]      # per (a, group), broadcast below
+            s2 = sxh.reshape(A, G, group).sum(axis=2)[:, :, None]
+            del r, sdy, sxh
+            beta = np.multiply(rs, rs)
+            beta.reshape(A, G, group)[...] *= s2
+            beta *= -1.0 / n                                # -rstd^2 * s2 / n
+            gamma = np.multiply(rs, -1.0 / n)
+            gamma.reshape(A, G, group)[...] *= s1           # -rstd * s1 / n
+            del s1, s2
         else:
+            del r, sdy, sxh
             beta = gamma = np.zeros_like(alpha)
         dx = target(out, xk)
         if dx is not out and out is dy:
