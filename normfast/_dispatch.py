@@ -183,7 +183,7 @@ def _to_caller_cpu(x, fname):
     device = getattr(x, "device", None)
 
     def convert(res):
-        r = xp.from_dlpack(res)
+        r = xp.from_dlpack(np.ascontiguousarray(res))      # (JAX takes compact strides only)
         if device is not None and getattr(r, "device", device) != device:
             r = array_api_compat.to_device(r, device)
         if getattr(r, "dtype", None) is not None and np.dtype(res.dtype).itemsize > getattr(r.dtype, "itemsize", 8):

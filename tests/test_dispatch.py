@@ -186,3 +186,30 @@ def test_array_api_input_without_array_api_compat_is_refused():
             "except TypeError as e:\n    print('refused', 'array-api-compat' in str(e), float(rm.sum()) == 0.0)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "refused True True"
+
+
+def test_jax_results_are_jax_arrays_and_float64_narrowing_warns():
+    """Every result of a JAX call comes back as a JAX array (statistics too, not NumPy), and float64
+    statistics stored as float32 by JAX without x64 warn instead of being truncated silently."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("array_api_compat")
+    jnp = jax.numpy
+    xnp = np.random.default_rng(0).normal(size=(4, 3, 5)).astype(np.float32)
+    x = jnp.asarray(xnp)
+    with pytest.warns(RuntimeWarning, match="float64") if not jax.config.jax_enable_x64 else _no_warning():
+        y, mean, rstd = nf.batch_norm(x, None, None, training=True, return_stats=True)
+    for r in (y, mean, rstd):
+        assert isinstance(r, jax.Array)
+    x64 = xnp.astype(np.float64)
+    ref_mean = x64.mean(axis=(0, 2))
+    np.testing.assert_allclose(np.asarray(mean), ref_mean, rtol=1e-6)
+    ref_y = (x64 - ref_mean[None, :, None]) / np.sqrt(x64.var(axis=(0, 2))[None, :, None] + 1e-5)
+    np.testing.assert_allclose(np.asarray(y), ref_y, atol=2e-6)
+
+
+class _no_warning:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
