@@ -107,9 +107,11 @@ def rstd_from(m2, n, eps):
 
 
 def apply_affine(xk, y, dims, mean, rstd, w=None, b=None):
-    """y = (x - mean) * (rstd * w) + b with mean/rstd/w/b per (a, c) (w, b broadcastable)."""
-    p = rstd if w is None else rstd * w
-    q = np.zeros_like(mean) if b is None else np.broadcast_to(b, mean.shape)
+    """y = (x - mean) * (rstd * w) + b with mean/rstd per (a, c) and w, b per (a, c) or per c
+    (broadcast over a: no tiled copies)."""
+    A, C = dims[0], dims[2]
+    p = rstd if w is None else (rstd.reshape(A, C) * w.reshape(-1, C)).reshape(-1)
+    q = np.zeros_like(mean) if b is None else np.broadcast_to(b.reshape(-1, C), (A, C)).reshape(-1)
     engine().apply(xk, dims, np.ascontiguousarray(mean, dtype=np.float64), np.ascontiguousarray(p, dtype=np.float64),
                  np.ascontiguousarray(q, dtype=np.float64), y)
     return y

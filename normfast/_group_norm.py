@@ -72,8 +72,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
         rstd = _core.rstd_from(m2, n, eps)
         mean = np.where(n == 0, np.nan, mean)
         mc, rc = np.repeat(mean, Cg), np.repeat(rstd, Cg)      # per (n, c)
-        _core.apply_affine(xk, y, (N, pre, C, post), mc, rc, None if w is None else np.tile(w, N),
-                           None if b is None else np.tile(b, N))
+        _core.apply_affine(xk, y, (N, pre, C, post), mc, rc, w, b)
     y = _core.finish(out, x.dtype, y)
     return (y, mean.reshape(N, G), rstd.reshape(N, G)) if return_stats else y
 

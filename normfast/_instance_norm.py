@@ -52,8 +52,6 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     xk = _core.as_kernel_input(x)
     y = _core.target(out, xk)
     dims = (N, pre, C, post)
-    wt = None if w is None else np.tile(w, N)
-    bt = None if b is None else np.tile(b, N)
     if use_input_stats:
         if pre * post == 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}")
@@ -68,7 +66,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         else:
             n, mean, m2 = _core.moments4d(xk, dims)
             rstd = _core.rstd_from(m2, n, eps)
-            _core.apply_affine(xk, y, dims, mean, rstd, wt, bt)
+            _core.apply_affine(xk, y, dims, mean, rstd, w, b)
         if track and N * pre * post > 0:
             f = _running.momentum_factor(momentum, None)
             _running.update(rm, mean.reshape(N, C).mean(axis=0), f)
@@ -76,9 +74,12 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     else:
         if rm is None or rv is None:
             raise ValueError("running_mean and running_var must be given when use_input_stats=False")
-        mean = np.tile(_core.host(rm).astype(np.float64), N)
-        rstd = np.tile(1.0 / np.sqrt(_core.host(rv).astype(np.float64) + eps), N)
-        _core.apply_affine(xk, y, dims, mean, rstd, wt, bt)
+        # statistics per channel only: the batch-norm plan (1, N*pre, C, post), nothing tiled
+        mean = _core.host(rm).astype(np.float64)
+        rstd = 1.0 / np.sqrt(_core.host(rv).astype(np.float64) + eps)
+        _core.apply_affine(xk, y, (1, N * pre, C, post), mean, rstd, w, b)
+        if return_stats:
+            mean, rstd = np.tile(mean, N), np.tile(rstd, N)
     y = _core.finish(out, x.dtype, y)
     return (y, mean.reshape(N, C), rstd.reshape(N, C)) if return_stats else y
 
