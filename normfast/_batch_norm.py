@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import _core, _running
+from ._docs import fill
 from ._checks import check_float_array, check_out, check_param, check_separate, normalize_axis
 
 
@@ -93,6 +94,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     return (y, mean, rstd) if return_stats else y
 
 
+@fill
 def batch_norm_backward(grad_out, x, mean, rstd, weight=None, training=True, *, channel_axis=1,
                         needs_input_grad=(True, True, True), out=None):
     """Gradients of :func:`batch_norm`: ``(grad_x, grad_weight, grad_bias)``.
@@ -102,20 +104,13 @@ def batch_norm_backward(grad_out, x, mean, rstd, weight=None, training=True, *, 
 
     Parameters
     ----------
-    grad_out : array like x
-        Gradient of the loss with respect to the forward's output.
-    x : array
-        The forward's input.
+    {grad_out_x}
     mean, rstd : arrays of shape (C,)
         As returned with ``return_stats=True`` (batch statistics when training, running ones otherwise).
-    weight : array, optional
-        The forward's weight (None: no weight; grad_weight and grad_bias are then None).
+    {weight_bwd}
     training : bool, default True
     channel_axis : int, default 1
-    needs_input_grad : tuple of bool, default all True
-        Gradients not requested are returned as None and not computed.
-    out : array like x, optional
-        Where to write grad_x; may be grad_out or x itself (in place).
+    {needs_out}
 
     Returns
     -------
@@ -124,8 +119,7 @@ def batch_norm_backward(grad_out, x, mean, rstd, weight=None, training=True, *, 
 
     Raises
     ------
-    TypeError, ValueError
-        Non-floating arrays, shapes that do not match x, statistics of the wrong size, a bad ``out``.
+    {raises_bwd}
 
     Examples
     --------

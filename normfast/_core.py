@@ -110,6 +110,8 @@ def apply_affine(xk, y, dims, mean, rstd, w=None, b=None):
     """y = (x - mean) * (rstd * w) + b with mean/rstd per (a, c) and w, b per (a, c) or per c
     (broadcast over a: no tiled copies)."""
     A, C = dims[0], dims[2]
+    if A * C == 0:                                   # nothing to normalize (and C = 0 has no rows)
+        w = b = None
     p = rstd if w is None else (rstd.reshape(A, C) * w.reshape(-1, C)).reshape(-1)
     q = np.zeros_like(mean) if b is None else np.broadcast_to(b.reshape(-1, C), (A, C)).reshape(-1)
     engine().apply(xk, dims, np.ascontiguousarray(mean, dtype=np.float64), np.ascontiguousarray(p, dtype=np.float64),

@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import _core
+from ._docs import fill
 from ._checks import check_eps, check_float_array, check_int, check_out, check_param
 from ._batch_norm import channel_dims
 
@@ -77,26 +78,20 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
     return (y, mean.reshape(N, G), rstd.reshape(N, G)) if return_stats else y
 
 
+@fill
 def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight=None, *, channel_axis=1,
                         needs_input_grad=(True, True, True), out=None):
     """Gradients of :func:`group_norm`: ``(grad_x, grad_weight, grad_bias)``.
 
     Parameters
     ----------
-    grad_out : array like x
-        Gradient of the loss with respect to the forward's output.
-    x : array
-        The forward's input.
+    {grad_out_x}
     mean, rstd : arrays of shape (N, num_groups)
         As returned with ``return_stats=True``.
     num_groups : int
-    weight : array, optional
-        The forward's weight (None: no weight; grad_weight and grad_bias are then None).
+    {weight_bwd}
     channel_axis : int, default 1
-    needs_input_grad : tuple of bool, default all True
-        Gradients not requested are returned as None and not computed.
-    out : array like x, optional
-        Where to write grad_x; may be grad_out or x itself (in place).
+    {needs_out}
 
     Returns
     -------
@@ -105,8 +100,7 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight=None, *, cha
 
     Raises
     ------
-    TypeError, ValueError
-        Non-floating arrays, shapes that do not match x, statistics of the wrong size, a bad ``out``.
+    {raises_bwd}
 
     Examples
     --------

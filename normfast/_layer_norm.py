@@ -2,6 +2,7 @@
 import numbers
 
 from . import _core
+from ._docs import fill
 from ._checks import check_eps, check_float_array, check_out, check_param
 
 
@@ -78,6 +79,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     return (y, mean, rstd) if return_stats else y
 
 
+@fill
 def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, *,
                         needs_input_grad=(True, True, True), out=None):
     """Gradients of :func:`layer_norm`: ``(grad_x, grad_weight, grad_bias)``.
@@ -87,19 +89,12 @@ def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, 
 
     Parameters
     ----------
-    grad_out : array like x
-        Gradient of the loss with respect to the forward's output.
-    x : array
-        The forward's input.
+    {grad_out_x}
     mean, rstd : arrays
         As returned by ``layer_norm(..., return_stats=True)`` (any float dtype).
     normalized_shape : int or sequence of int
-    weight : array, optional
-        The forward's weight (None: no weight; grad_weight and grad_bias are then None).
-    needs_input_grad : tuple of bool, default all True
-        Gradients not requested are returned as None and not computed.
-    out : array like x, optional
-        Where to write grad_x; may be grad_out or x itself (in place).
+    {weight_bwd}
+    {needs_out}
 
     Returns
     -------
@@ -108,8 +103,7 @@ def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, 
 
     Raises
     ------
-    TypeError, ValueError
-        Non-floating arrays, shapes that do not match x, statistics of the wrong size, a bad ``out``.
+    {raises_bwd}
 
     Examples
     --------

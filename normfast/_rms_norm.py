@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import _core
+from ._docs import fill
 from ._checks import check_eps, check_float_array, check_out, check_param
 from ._layer_norm import normalized_axes
 
@@ -49,24 +50,18 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_sta
     return (y, rstd) if return_stats else y
 
 
+@fill
 def rms_norm_backward(grad_out, x, rstd, normalized_shape, weight=None, *, needs_input_grad=(True, True), out=None):
     """Gradients of :func:`rms_norm`: ``(grad_x, grad_weight)``.
 
     Parameters
     ----------
-    grad_out : array like x
-        Gradient of the loss with respect to the forward's output.
-    x : array
-        The forward's input.
+    {grad_out_x}
     rstd : array
         As returned by ``rms_norm(..., return_stats=True)``.
     normalized_shape : int or sequence of int
-    weight : array, optional
-        The forward's weight (None: no weight; grad_weight and grad_bias are then None).
-    needs_input_grad : tuple of bool, default all True
-        Gradients not requested are returned as None and not computed.
-    out : array like x, optional
-        Where to write grad_x; may be grad_out or x itself (in place).
+    {weight_bwd}
+    {needs_out}
 
     Returns
     -------
@@ -75,8 +70,7 @@ def rms_norm_backward(grad_out, x, rstd, normalized_shape, weight=None, *, needs
 
     Raises
     ------
-    TypeError, ValueError
-        Non-floating arrays, shapes that do not match x, statistics of the wrong size, a bad ``out``.
+    {raises_bwd}
 
     Examples
     --------
