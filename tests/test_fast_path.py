@@ -123,3 +123,22 @@ def test_fast_path_reads_parameters_under_no_grad():
         m = nft.LayerNorm(64)
         m.weight.copy_(w), m.bias.copy_(b)
         np.testing.assert_array_equal(m(xt).numpy(), y.numpy())
+
+
+def test_parameter_views_follow_in_place_changes_and_reassignment():
+    """Parameters read under no_grad are cached as NumPy views per tensor; an in-place change
+    (version bump) or ``p.data = ...`` (new storage) is seen by the next call."""
+    torch = pytest.importorskip("torch")
+    import normfast.torch as nft
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.normal(size=(3, 32)).astype(np.float32))
+    m = nft.LayerNorm(32)
+
+    def ref():
+        return torch.nn.functional.layer_norm(x.double(), (32,), m.weight.double(), m.bias.double()).float()
+    with torch.no_grad():
+        for change in (lambda: None, lambda: m.weight.mul_(3.0), lambda: m.bias.add_(1.0),
+                       lambda: setattr(m.weight, "data", torch.from_numpy(rng.normal(size=32).astype(np.float32)))):
+            change()
+            np.testing.assert_allclose(m(x).numpy(), ref().numpy(), atol=2e-6)
+            np.testing.assert_allclose(nf.layer_norm(x, 32, m.weight, m.bias).numpy(), ref().numpy(), atol=2e-6)

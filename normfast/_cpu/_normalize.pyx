@@ -254,8 +254,28 @@ cdef object _torch_as_numpy(object t):
     if t.requires_grad:
         if _torch_grad_enabled():
             return None                     # autograd: normfast.torch's registered op
-        t = t.detach()
+        return _param_view(t)
     return t.numpy()
+
+
+# NumPy views of parameters (tensors that require grad, read under no_grad) by tensor: detaching
+# costs ~1 us per call.  An entry is valid for the same tensor object at the same version (any
+# in-place change bumps it) and data pointer (``p.data = ...``); the entry keeps the tensor alive,
+# so its id cannot be reused.  Bounded: cleared when it reaches _PARAM_CACHE_MAX entries.
+cdef dict _param_cache = {}
+cdef int _PARAM_CACHE_MAX = 1024
+
+
+cdef object _param_view(object t):
+    cdef object hit = _param_cache.get(id(t))
+    if hit is not None and (<tuple>hit)[0] is t and (<tuple>hit)[1] == t._version \
+            and (<tuple>hit)[2] == t.data_ptr():
+        return (<tuple>hit)[3]
+    if len(_param_cache) >= _PARAM_CACHE_MAX:
+        _param_cache.clear()
+    view = t.detach().numpy()
+    _param_cache[id(t)] = (t, t._version, t.data_ptr(), view)
+    return view
 
 
 def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bint rms):
