@@ -11,6 +11,17 @@ import numpy as np
 from ._cases import Peer, _storage_shape, build_case
 
 
+def median_times(fns, reps):
+    """{name: median seconds} with the peers interleaved in every repetition (fair under noise)."""
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
 # --------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------

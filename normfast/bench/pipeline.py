@@ -30,25 +30,15 @@ error of the standardized values, in units of the standard deviation.
 import json
 import sys
 import threading
-import time
 
 import numpy as np
 
 import normfast
+from ._timing import median_times
 
 #: Default sizes of the two cases (the issue's); --quick divides the rows by 20.
 SKLEARN_SHAPE, DASK_SHAPE, DASK_CHUNK_ROWS = (2_000_000, 32), (20_000_000, 16), 1_000_000
 
-
-def _median_times(fns, reps):
-    """{name: median seconds} with the peers interleaved in every repetition (fair under noise)."""
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def _reference(X):
@@ -101,7 +91,7 @@ def sklearn_case(shape, reps, seed):
              "sklearn partial_fit x10": lambda: chunks(SkScaler)}
     nf_s, sk_s = StandardScaler().fit(X), SkScaler().fit(X)
     trans = {"normfast transform": lambda: nf_s.transform(X), "sklearn transform": lambda: sk_s.transform(X)}
-    t = {**_median_times(fits, reps), **_median_times(pfits, reps), **_median_times(trans, reps)}
+    t = {**median_times(fits, reps), **median_times(pfits, reps), **median_times(trans, reps)}
     rows = []
     for name, est, passes in (("normfast fit", nf_s, 1), ("sklearn fit", sk_s, 7),
                               ("normfast partial_fit x10", chunks(StandardScaler), 1),
@@ -165,8 +155,8 @@ def dask_case(shape, chunk_rows, reps, seed):
         saved = normfast.get_num_threads()
         normfast.set_num_threads(1)                       # parallelism comes from the 2 Dask workers
         try:
-            fit_t = _median_times({k: v[0] for k, v in peers.items()}, reps)
-            both_t = _median_times({k: (lambda v=v: sink(v[1](v[0]()))) for k, v in peers.items()}, reps)
+            fit_t = median_times({k: v[0] for k, v in peers.items()}, reps)
+            both_t = median_times({k: (lambda v=v: sink(v[1](v[0]()))) for k, v in peers.items()}, reps)
             for k, (fit, tr, stats) in peers.items():
                 counter.n = 0
                 fitted = fit()

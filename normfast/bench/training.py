@@ -23,11 +23,11 @@ same inputs), relative to max |reference|.
 """
 import json
 import sys
-import time
 
 import numpy as np
 
 import normfast as nf
+from ._timing import median_times
 
 #: (op, layout, NCHW-style logical shape, groups); LayerNorm/RMSNorm shapes are (rows, width).
 CASES = [("layer_norm", "rows", (4096, 1024), None), ("layer_norm", "rows", (16384, 1024), None),
@@ -38,16 +38,6 @@ CASES = [("layer_norm", "rows", (4096, 1024), None), ("layer_norm", "rows", (163
 QUICK_SHAPES = {"rows": (512, 256), "NCHW": (4, 16, 12, 12), "NHWC": (4, 16, 12, 12)}
 EPS = 1e-5
 
-
-def _median_times(fns, reps):
-    """{name: median seconds}, the peers interleaved in every repetition (fair under load)."""
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 class Problem:
@@ -197,7 +187,7 @@ def run_case(op, layout, shape, groups, reps, want, torch, seed=0):
     for phase, fns, nbytes in (("forward+backward", fb, p.nbytes_fwd + p.nbytes_bwd), ("backward", bw, p.nbytes_bwd)):
         for f in fns.values():
             f()
-        med = _median_times(fns, reps)
+        med = median_times(fns, reps)
         for name, t in med.items():
             rows.append({"op": op, "shape": p.label, "phase": phase, "backend": name, "median_s": t,
                          "gbps": nbytes / t / 1e9, "frac_copy": med["copy"] / t,
