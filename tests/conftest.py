@@ -9,6 +9,7 @@ import pytest
 from hypothesis import settings as hyp_settings
 
 import normfast
+from cuda_emu import PARAMS, backend
 
 # CI (CI=true) runs the property-based tests derandomized, so a landing never depends on luck;
 # local runs keep exploring new examples.
@@ -32,3 +33,9 @@ def restore_threads():
     yield
     normfast.set_num_threads(None)
 
+
+
+@pytest.fixture(params=PARAMS)
+def cp(request, monkeypatch):
+    """The cupy module of each GPU backend: the CUDA emulator, and CuPy on a device (marked ``gpu``)."""
+    return backend(request.param, monkeypatch)

@@ -16,35 +16,11 @@ view, run-to-run (and, on the emulator, schedule-order) determinism.
 import numpy as np
 import pytest
 
-from cuda_emu import PARAMS, backend
+from cuda_emu import BF16, dtype_of
 from normfast._engine_cpu import CpuEngine
 from normfast._gpu.engine import GpuEngine
 
-try:
-    import ml_dtypes
-    BF16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover
-    ml_dtypes = None
-    BF16 = None
-
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
-
-
-@pytest.fixture(params=PARAMS)
-def cp(request, monkeypatch):
-    return backend(request.param, monkeypatch)
-
-
-def dtype_of(cp, name):
-    if name == "bfloat16":
-        if BF16 is None:
-            pytest.skip("ml_dtypes not installed: no bfloat16 dtype")
-        try:
-            cp.asarray(np.ones(2, dtype=BF16))
-        except Exception as e:  # noqa: BLE001
-            pytest.skip(f"this CuPy has no bfloat16 arrays ({e})")
-        return BF16
-    return np.dtype(name)
 
 
 def eps_of(dt):

@@ -15,30 +15,8 @@ import _reference as bref
 import normfast as nf
 from _helpers import (ref_batch_norm_eval, ref_batch_norm_train, ref_group_norm, ref_instance_norm,
                       ref_layer_norm, ref_moments, ref_normalize, ref_rms_norm)
-from cuda_emu import PARAMS, backend
+from cuda_emu import BF16, dtype_of
 
-try:
-    import ml_dtypes
-    BF16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover
-    BF16 = None
-
-
-@pytest.fixture(params=PARAMS)
-def cp(request, monkeypatch):
-    return backend(request.param, monkeypatch)
-
-
-def dtype_of(cp, name):
-    if name == "bfloat16":
-        if BF16 is None:
-            pytest.skip("ml_dtypes not installed")
-        try:
-            cp.asarray(np.ones(2, dtype=BF16))
-        except Exception as e:  # noqa: BLE001
-            pytest.skip(f"this CuPy has no bfloat16 arrays ({e})")
-        return BF16
-    return np.dtype(name)
 
 
 def f64(a):

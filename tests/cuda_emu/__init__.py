@@ -10,9 +10,11 @@ CuPy-like module, so normfast/_gpu/engine.py plans and launches exactly as on a 
   cupy_backend(name)   'emu' -> the emulated cupy module; 'cuda' -> real CuPy when a
                        device is usable (else pytest.skip)
   install(monkeypatch) put the emulated module in sys.modules['cupy'] for one test
+  dtype_of(cp, name)   the dtype `name` on backend cp (pytest.skip where bfloat16 is missing)
 """
 import sys
 
+import numpy as np
 import pytest
 
 from . import build  # noqa: F401
@@ -60,3 +62,23 @@ def backend(name, monkeypatch):
 # backend ids for fixture params: the device variant carries the `gpu` mark, so
 # `pytest -m gpu` (python -m normfast gpu-check) selects exactly the device runs
 PARAMS = [pytest.param("emu", id="emu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+
+
+try:
+    import ml_dtypes
+    BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover
+    BF16 = None
+
+
+def dtype_of(cp, name):
+    """The NumPy/ml_dtypes dtype `name` as CuPy arrays of backend cp hold it."""
+    if name == "bfloat16":
+        if BF16 is None:
+            pytest.skip("ml_dtypes not installed: no bfloat16 dtype")
+        try:
+            cp.asarray(np.ones(2, dtype=BF16))
+        except Exception as e:  # noqa: BLE001 - a CuPy without bfloat16 arrays
+            pytest.skip(f"this CuPy has no bfloat16 arrays ({e})")
+        return BF16
+    return np.dtype(name)
