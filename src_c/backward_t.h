@@ -41,6 +41,26 @@ NF_CLONES static void NF_S(nf_row_bwd_sums)(const NF_T *restrict x, const NF_T *
  *   dw[j] += dy * xh, db[j] += dy                           (rows in order)
  * Taking rows in tiles loads and stores the dw/db partials once per tile, not per row. */
 #define NF_BWD_TILE 4
+/* Columns [j, N) of a backward tile, scalar (the tiles' last N % 16 columns).
+ * Scalar math: xh = (x - m) * rstd; dw += dy * xh; db += dy; dx = rstd * (w * dy - c1 - xh * c2) [+ gh] */
+static inline void NF_S(nf_bwd_cols_scalar)(const NF_T *x, const NF_T *dy, const NF_T *gh, NF_T *dx, int64_t R,
+                                            int64_t N, int64_t j, const double *mr, const double *rr,
+                                            const double *c1, const double *c2, const double *w, double *dw,
+                                            double *db)
+{
+    for (; j < N; ++j)
+        for (int64_t r = 0; r < R; ++r) {
+            const double d = (double)dy[r * N + j], xh = ((double)x[r * N + j] - mr[r]) * rr[r];
+            if (dw) dw[j] += d * xh;
+            if (db) db[j] += d;
+            if (dx) {
+                double v = rr[r] * (w[j] * d - c1[r] - xh * c2[r]);
+                if (gh) v += (double)gh[r * N + j];
+                dx[r * N + j] = (NF_T)v;
+            }
+        }
+}
+
 NF_CLONES static void NF_S(nf_rows_bwd_tile)(const NF_T *restrict x, const NF_T *restrict dy,
                                              const NF_T *restrict gh, NF_T *restrict dx, int64_t R, int64_t N,
                                              const double *mr, const double *rr, const double *c1,
@@ -87,17 +107,7 @@ NF_CLONES static void NF_S(nf_rows_bwd_tile)(const NF_T *restrict x, const NF_T 
         if (dw) { memcpy(dw + j, &dw0, 64); memcpy(dw + j + 8, &dw1, 64); }
         if (db) { memcpy(db + j, &db0, 64); memcpy(db + j + 8, &db1, 64); }
     }
-    for (; j < N; ++j)
-        for (int64_t r = 0; r < R; ++r) {
-            const double d = (double)dy[r * N + j], xh = ((double)x[r * N + j] - mr[r]) * rr[r];
-            if (dw) dw[j] += d * xh;
-            if (db) db[j] += d;
-            if (dx) {
-                double v = rr[r] * (w[j] * d - c1[r] - xh * c2[r]);
-                if (gh) v += (double)gh[r * N + j];
-                dx[r * N + j] = (NF_T)v;
-            }
-        }
+    NF_S(nf_bwd_cols_scalar)(x, dy, gh, dx, R, N, j, mr, rr, c1, c2, w, dw, db);
 }
 
 #ifndef NF_BWD_F32_VEC
@@ -192,17 +202,8 @@ NF_CLONES static void NF_S(nf_rows_bwd_tile32)(const NF_T *restrict x, const NF_
             }
         }
     }
-    for (; j < N; ++j)                 /* the last N % 16 columns: the float64 formula */
-        for (int64_t r = 0; r < R; ++r) {
-            const double d = (double)dy[r * N + j], xh = ((double)x[r * N + j] - mr[r]) * rr[r];
-            if (dw) dw[j] += d * xh;
-            if (db) db[j] += d;
-            if (dx) {
-                double v = rr[r] * (w[j] * d - c1[r] - xh * c2[r]);
-                if (gh) v += (double)gh[r * N + j];
-                dx[r * N + j] = (NF_T)v;
-            }
-        }
+    /* the last N % 16 columns: the float64 formula */
+    NF_S(nf_bwd_cols_scalar)(x, dy, gh, dx, R, N, j, mr, rr, c1, c2, w, dw, db);
 }
 
 typedef struct {
