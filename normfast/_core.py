@@ -255,58 +255,106 @@ def rows_backward(dy, x, M, N, mean, rstd, w, needs, gh=None, out=None):
     return eng.rows_backward(xk, dyk, M, N, mean, rstd, w, *needs, gh=ghk)
 
 
+# Statistics per block of whole samples in the channel-wise paths (instance norm with running
+# statistics, the group/instance backward): their per-(a, c) float64 temporaries (about eight
+# arrays, and the kernel's own partials) are then at most ~2 MiB, where computing them for the whole
+# batch at once costs ~10 float64 values per statistic: more than an output when few values share a
+# statistic (16 spatial values in float16: 2.5 outputs; reliability issue, class 4).
+STAT_BLOCK = 1 << 15
+
+
+def sample_blocks(A, C):
+    """Slices over a of x[A, B, C, D] with at most STAT_BLOCK statistics each (at least one
+    sample).  Every kernel's result for one (a, c) depends on (B, C, D) only, never on A, so a
+    blocked call gives bitwise the results of one call over the whole batch."""
+    step = max(1, STAT_BLOCK // max(C, 1))
+    return [slice(a0, min(a0 + step, A)) for a0 in range(0, A, step)]
+
+
+def moments_apply(xk, y, dims, w, b, eps, keep_stats):
+    """Per-(a, c) moments of x[A, B, C, D] and y = (x - mean) * rstd * w + b, by blocks of
+    samples.  Returns (mean, rstd) ((A*C,) float64, or None unless `keep_stats`) and the sums over
+    a of the means and of the unbiased variances ((C,) float64: the running-statistics update)."""
+    A, B, C, D = dims
+    xr, yr = xk.reshape(A, B * C * D), y.reshape(A, B * C * D)
+    mean_all = np.empty(A * C) if keep_stats else None
+    rstd_all = np.empty(A * C) if keep_stats else None
+    sum_mean, sum_var = np.zeros(C), np.zeros(C)
+    for blk in sample_blocks(A, C):
+        bd = (blk.stop - blk.start, B, C, D)
+        n, mean, m2 = moments4d(xr[blk], bd)
+        rstd = rstd_from(m2, n, eps)
+        apply_affine(xr[blk], yr[blk], bd, mean, rstd, w, b)
+        sum_mean += mean.reshape(-1, C).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sum_var += (m2 / (n - 1)).reshape(-1, C).sum(axis=0)
+        if keep_stats:
+            mean_all[blk.start * C:blk.stop * C] = mean
+            rstd_all[blk.start * C:blk.stop * C] = rstd
+    return mean_all, rstd_all, sum_mean, sum_var
+
+
 def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs, out=None):
     """Backward of a per-channel-affine norm on x[A, B, C, D] (channel c, sample a).
 
-    mean/rstd: float64 per (a, c) (group statistics repeated over the group's channels);
-    w: float64 (C,) or None; group: channels per statistic (GroupNorm) or 1.
+    mean/rstd: float64 per (a, c // group) (per group for GroupNorm); w: float64 (C,) or None;
+    group: channels per statistic (GroupNorm) or 1.
     With xh = (x - mean) * rstd, g = w * dy and n values per statistic:
       dx = rstd * (g - sum(g) / n - xh * sum(g * xh) / n)     (training)
       dx = rstd * g                                             (statistics constant)
-    evaluated as dx = dy * alpha + (x - mean) * beta + gamma with per-(a, c) coefficients.
+    evaluated as dx = dy * alpha + (x - mean) * beta + gamma with per-(a, c) coefficients,
+    computed per block of samples (sample_blocks).
     out: the checked ``out=`` (see grad_target), written directly when the kernel can.
     Returns (dx, dw, db) with dw/db float64 (C,) (None where not needed)."""
     A, B, C, D = dims
     xk = as_kernel_input(x)
     dyk = kernel_array(dy, xk.dtype)
-    mean = np.ascontiguousarray(mean, dtype=np.float64).reshape(-1)
-    rstd = np.ascontiguousarray(rstd, dtype=np.float64).reshape(-1)
+    G = C // group if group else 0
+    mean = np.asarray(mean, dtype=np.float64).reshape(A, G)
+    rstd = np.asarray(rstd, dtype=np.float64).reshape(A, G)
     need_dx, need_dw, need_db = needs
     wc = np.ones(C) if w is None else w
-    # Per-(a, c) float64 arrays are few and reused in place: with few values per statistic (small
-    # spatial extent) each is a sizeable fraction of x (memory bound of the reliability issue).
-    r = engine().reduce(xk, dims, Reduce.GRAD_SUMS, dyk, mean)
-    rs = rstd.reshape(A, C)
-    sdy = r[:, 1].reshape(A, C)                            # sum(dy) per (a, c)       (views of r)
-    sxh = r[:, 2].reshape(A, C)
-    sxh *= rs                                              # sum(dy * xh) per (a, c)
-    dw = sxh.sum(axis=0) if need_dw else None
-    db = sdy.sum(axis=0) if need_db else None
+    dw = np.zeros(C) if need_dw else None
+    db = np.zeros(C) if need_db else None
     dx = None
     if need_dx:
-        alpha = rs * wc
-        if training:
-            n = float(B * D * group)
-            G = C // group
-            sdy *= wc
-            sxh *= wc
-            s1 = sdy.reshape(A, G, group).sum(axis=2)[:, :, None]      # per (a, group), broadcast below
-            s2 = sxh.reshape(A, G, group).sum(axis=2)[:, :, None]
-            del r, sdy, sxh
-            beta = np.multiply(rs, rs)
-            beta.reshape(A, G, group)[...] *= s2
-            beta *= -1.0 / n                                # -rstd^2 * s2 / n
-            gamma = np.multiply(rs, -1.0 / n)
-            gamma.reshape(A, G, group)[...] *= s1           # -rstd * s1 / n
-            del s1, s2
-        else:
-            del r, sdy, sxh
-            beta = gamma = np.zeros_like(alpha)
         dx = target(out, xk)
         if dx is not out and out is dy:
             dx = dyk                      # in place on a grad_out the kernel reads through a copy
-        engine().apply(xk, dims, mean, np.ascontiguousarray(beta.reshape(-1)), np.ascontiguousarray(gamma.reshape(-1)),
-                     dx, dyk, np.ascontiguousarray(alpha.reshape(-1)))
+    xr, dyr = xk.reshape(A, B * C * D), dyk.reshape(A, B * C * D)
+    for blk in sample_blocks(A, C):
+        a = blk.stop - blk.start
+        bd = (a, B, C, D)
+        m = np.repeat(mean[blk], group, axis=1).reshape(-1)         # per (a, c)
+        rs = np.repeat(rstd[blk], group, axis=1)
+        r = engine().reduce(xr[blk], bd, Reduce.GRAD_SUMS, dyr[blk], m)
+        sdy = r[:, 1].reshape(a, C)                            # sum(dy) per (a, c)       (views of r)
+        sxh = r[:, 2].reshape(a, C)
+        sxh *= rs                                              # sum(dy * xh) per (a, c)
+        if need_dw:
+            dw += sxh.sum(axis=0)
+        if need_db:
+            db += sdy.sum(axis=0)
+        if not need_dx:
+            continue
+        alpha = rs * wc
+        if training:
+            n = float(B * D * group)
+            sdy *= wc
+            sxh *= wc
+            s1 = sdy.reshape(a, G, group).sum(axis=2)[:, :, None]      # per (a, group), broadcast below
+            s2 = sxh.reshape(a, G, group).sum(axis=2)[:, :, None]
+            del r, sdy, sxh
+            beta = np.multiply(rs, rs)
+            beta.reshape(a, G, group)[...] *= s2
+            beta *= -1.0 / n                                # -rstd^2 * s2 / n
+            gamma = np.multiply(rs, -1.0 / n)
+            gamma.reshape(a, G, group)[...] *= s1           # -rstd * s1 / n
+        else:
+            beta = gamma = np.zeros_like(alpha)
+        engine().apply(xr[blk], bd, m, beta.reshape(-1), gamma.reshape(-1), dx.reshape(A, B * C * D)[blk], dyr[blk],
+                       alpha.reshape(-1))
+    if need_dx:
         dx = grad_finish(out, x, dx)
     return dx, dw, db
 

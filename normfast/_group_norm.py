@@ -124,6 +124,6 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight=None, *, cha
     nw, nb = nw and w is not None, nb and w is not None
     Cg = C // G
     out = _core.grad_target(out, x, dy, "group_norm_backward")
-    dx, dw, db = _core.channel_backward(dy, x, (N, pre, C, post), np.repeat(mean, Cg), np.repeat(rstd, Cg), w, Cg,
+    dx, dw, db = _core.channel_backward(dy, x, (N, pre, C, post), mean, rstd, w, Cg,
                                         True, (nx, nw, nb), out)
     return dx, _core.grad_cast(dw, x, weight), _core.grad_cast(db, x, weight)

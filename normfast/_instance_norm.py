@@ -65,13 +65,11 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         if fused is not None:
             mean, rstd = fused
         else:
-            n, mean, m2 = _core.moments4d(xk, dims)
-            rstd = _core.rstd_from(m2, n, eps)
-            _core.apply_affine(xk, y, dims, mean, rstd, w, b)
+            mean, rstd, sum_mean, sum_var = _core.moments_apply(xk, y, dims, w, b, eps, return_stats)
         if track and N * pre * post > 0:
             f = _running.momentum_factor(momentum, None)
-            _running.update(rm, mean.reshape(N, C).mean(axis=0), f)
-            _running.update(rv, (m2 / (n - 1)).reshape(N, C).mean(axis=0), f)
+            _running.update(rm, sum_mean / N, f)
+            _running.update(rv, sum_var / N, f)
     else:
         if rm is None or rv is None:
             raise ValueError("running_mean and running_var must be given when use_input_stats=False")
