@@ -254,11 +254,10 @@ static void NF_S(nf_bwd_range)(void *vc, int64_t b0, int64_t b1)
 static void NF_S(nf_bwd_sum_range)(void *vc, int64_t j0, int64_t j1)
 {
     const NF_S(nf_bwd_ctx) *c = (const NF_S(nf_bwd_ctx) *)vc;
-    for (int64_t j = j0; j < j1; ++j)
-        for (int64_t blk = 0; blk < c->NB; ++blk) {
-            if (c->pw) c->dw[j] += c->pw[blk * c->N + j];
-            if (c->pb) c->db[j] += c->pb[blk * c->N + j];
-        }
+    for (int64_t blk = 0; blk < c->NB; ++blk) {      /* per column: blocks added in block order */
+        if (c->pw) for (int64_t j = j0; j < j1; ++j) c->dw[j] += c->pw[blk * c->N + j];
+        if (c->pb) for (int64_t j = j0; j < j1; ++j) c->db[j] += c->pb[blk * c->N + j];
+    }
 }
 
 /* x, dy (gh: added to dx, or NULL): M x N.  mean (NULL for rms), rstd: M float64.  w: N float64 (ones when
@@ -272,12 +271,18 @@ static int NF_S(nf_rows_backward)(const NF_T *x, const NF_T *dy, const NF_T *gh,
     if (dw) memset(dw, 0, (size_t)N * sizeof(double));
     if (db) memset(db, 0, (size_t)N * sizeof(double));
     if (M == 0) return 0;
-    int64_t NB = 32;                       /* blocks of rows: fixed by the shape */
+    /* Blocks of rows, fixed by the shape: at most 32 (the parallel units), each of at least
+     * NF_GRAIN_VALUES values (a block's dw/db partials cost 2 N stores and 2 N adds in the final
+     * sum: with a block per row, (16, 768) spent more time on them than on dx), and their
+     * partials under ~64 MB. */
+    int64_t NB = 32;
     if (NB > M) NB = M;
-    int64_t cap = ((int64_t)1 << 22) / N;  /* keep the partials under ~64 MB */
+    int64_t cap = ((int64_t)1 << 22) / N;
     if (cap < 1) cap = 1;
     if (NB > cap) NB = cap;
-    const int64_t RB = nf_cdiv(M, NB);
+    int64_t RB = nf_cdiv(M, NB);
+    const int64_t rb_min = nf_cdiv(NF_GRAIN_VALUES, N);
+    if (RB < rb_min) RB = rb_min < M ? rb_min : M;
     NB = nf_cdiv(M, RB);
     double *pw = NULL, *pb = NULL;
     float *wf = NULL;                      /* float32 weights: the float32-width tile pass */

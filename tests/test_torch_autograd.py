@@ -52,3 +52,41 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x, w, b: nft.layer_norm(x, 5, w, b), (x, w, b))
     wc = torch.rand(4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w: nft.group_norm(x, 2, w, None), (x, wc))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape,nshape", [((16, 768), [768]), ((3, 4, 5, 6), [5, 6]), ((1, 7), [7])])
+def test_eager_row_paths_equal_the_numpy_operators(shape, nshape, affine, rms, dtype):
+    """The eager autograd path of layer_norm / rms_norm calls the kernels directly (C-level fast
+    forward, direct backward): statistics, y and every gradient are bitwise those of the NumPy
+    operators on the same values."""
+    import numpy as np
+    import normfast as nf
+    g = torch.Generator().manual_seed(3)
+    x = (100 + torch.randn(shape, generator=g)).to(dtype).requires_grad_()
+    w = (torch.rand(nshape, generator=g) + 0.5).to(dtype).requires_grad_() if affine else None
+    b = torch.randn(nshape, generator=g).to(dtype).requires_grad_() if affine and not rms else None
+    gy = torch.randn(shape, generator=g).to(dtype)
+    if rms:
+        y = nft.rms_norm(x, nshape, w, 1e-5)
+    else:
+        y = nft.layer_norm(x, nshape, w, b, 1e-5)
+    y.backward(gy)
+    xn, gn = x.detach().numpy(), gy.numpy()
+    wn = None if w is None else w.detach().numpy()
+    if rms:
+        yn, rstd = nf.rms_norm(xn, tuple(nshape), wn, 1e-5, return_stats=True)
+        gx, gw = nf.rms_norm_backward(gn, xn, rstd, tuple(nshape), wn)
+        gb = None
+    else:
+        yn, mean, rstd = nf.layer_norm(xn, tuple(nshape), wn, None if b is None else b.detach().numpy(), 1e-5,
+                                       return_stats=True)
+        gx, gw, gb = nf.layer_norm_backward(gn, xn, mean, rstd, tuple(nshape), wn)
+    np.testing.assert_array_equal(y.detach().numpy(), yn)
+    np.testing.assert_array_equal(x.grad.numpy(), gx)
+    if affine:
+        np.testing.assert_array_equal(w.grad.numpy(), gw)
+    if b is not None:
+        np.testing.assert_array_equal(b.grad.numpy(), gb)
