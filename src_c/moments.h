@@ -17,5 +17,7 @@ enum {
 
 #define NF_TEMPLATE "moments_t.h"
 #include "instantiate.h"
+#include "dispatch.h"         /* the type-generic entry points: nf_name(dt, ...) */
+#define nf_reduce4d(dt, ...) NF_DISPATCH(dt, nf_reduce4d, __VA_ARGS__)
 
 #endif
