@@ -30,9 +30,11 @@ def empty_aligned(shape, dtype):
     return buf[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def _stats(n):
-    """(mean, rstd) outputs of n statistics."""
-    return np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
+def _with_stats(n, kernel, *args):
+    """kernel(*args, mean, rstd, threads) with fresh (n,) float64 outputs mean, rstd: returns them."""
+    mean, rstd = np.empty(n, dtype=np.float64), np.empty(n, dtype=np.float64)
+    kernel(*args, mean, rstd, get_num_threads())
+    return mean, rstd
 
 
 class CpuEngine:
@@ -89,24 +91,18 @@ class CpuEngine:
     @staticmethod
     def rows_forward(x, M, N, w, b, seg, period, eps, rms, out):
         """Fused per-row statistics and normalization.  Returns (mean, rstd), (M,) float64."""
-        mean, rstd = _stats(M)
-        _normalize.rows_forward(x, out, M, N, w, b, seg, period, eps, rms, mean, rstd, get_num_threads())
-        return mean, rstd
+        return _with_stats(M, _normalize.rows_forward, x, out, M, N, w, b, seg, period, eps, rms)
 
     @staticmethod
     def samples_forward(x, y, A, B, G, D, w, b, eps):
         """Per-sample fused channels-last group/instance norm (x[A][B][G*D], w/b float64 per
         lane or None).  Returns (mean, rstd), (A*G,) float64."""
-        mean, rstd = _stats(A * G)
-        _normalize.samples_forward(x, y, A, B, G, D, w, b, eps, mean, rstd, get_num_threads())
-        return mean, rstd
+        return _with_stats(A * G, _normalize.samples_forward, x, y, A, B, G, D, w, b, eps)
 
     @staticmethod
     def rows_add_forward(x, res, h, y, M, N, w, b, eps, rms):
         """Fused h = x + res (stored in h) and y = norm(h) per row.  Returns (mean, rstd)."""
-        mean, rstd = _stats(M)
-        _normalize.rows_add_forward(x, res, h, y, M, N, w, b, eps, rms, mean, rstd, get_num_threads())
-        return mean, rstd
+        return _with_stats(M, _normalize.rows_add_forward, x, res, h, y, M, N, w, b, eps, rms)
 
     @staticmethod
     def rows_backward(x, dy, M, N, mean, rstd, w, need_dx, need_dw, need_db, gh=None, dx=None):

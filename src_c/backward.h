@@ -6,5 +6,7 @@
 
 #define NF_TEMPLATE "backward_t.h"
 #include "instantiate.h"
+#include "dispatch.h"         /* the type-generic entry points: nf_name(dt, ...) */
+#define nf_rows_backward(dt, ...) NF_DISPATCH(dt, nf_rows_backward, __VA_ARGS__)
 
 #endif

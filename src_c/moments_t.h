@@ -68,16 +68,12 @@ NF_CLONES static void NF_S(nf_col_sums)(const NF_T *restrict x, int64_t rows, in
         for (; l + 16 <= L; l += 16) {
             for (const int64_t pend = pbytes * (l + 16) / L; pdone < pend; pdone += 64)
                 __builtin_prefetch(pf + pdone);
-            nf_v8d k0, k1, a0, a1, b0, b1;
-            memcpy(&k0, k + l, 64); memcpy(&k1, k + l + 8, 64);
-            memcpy(&a0, s1 + l, 64); memcpy(&a1, s1 + l + 8, 64);
-            memcpy(&b0, s2 + l, 64); memcpy(&b1, s2 + l + 8, 64);
+            nf_lanes16 v = nf_lanes16_load(k + l, s1 + l, s2 + l);
             for (int64_t r = r0; r < r1; ++r) {
-                nf_v8d d0 = NF_LOAD8(x + r * L + l) - k0, d1 = NF_LOAD8(x + r * L + l + 8) - k1;
-                a0 += d0; a1 += d1; b0 += d0 * d0; b1 += d1 * d1;
+                nf_v8d d0 = NF_LOAD8(x + r * L + l) - v.c0, d1 = NF_LOAD8(x + r * L + l + 8) - v.c1;
+                v.a0 += d0; v.a1 += d1; v.b0 += d0 * d0; v.b1 += d1 * d1;
             }
-            memcpy(s1 + l, &a0, 64); memcpy(s1 + l + 8, &a1, 64);
-            memcpy(s2 + l, &b0, 64); memcpy(s2 + l + 8, &b1, 64);
+            nf_lanes16_store(&v, s1 + l, s2 + l);
         }
         for (; pdone < pbytes; pdone += 64)
             __builtin_prefetch(pf + pdone);
@@ -108,17 +104,13 @@ NF_CLONES static void NF_S(nf_col_dsums)(const NF_T *restrict x, const NF_T *res
                 __builtin_prefetch(px + pdone);
                 __builtin_prefetch(pg + pdone);
             }
-            nf_v8d m0, m1, a0, a1, b0, b1;
-            memcpy(&m0, m + l, 64); memcpy(&m1, m + l + 8, 64);
-            memcpy(&a0, s1 + l, 64); memcpy(&a1, s1 + l + 8, 64);
-            memcpy(&b0, s2 + l, 64); memcpy(&b1, s2 + l + 8, 64);
+            nf_lanes16 v = nf_lanes16_load(m + l, s1 + l, s2 + l);
             for (int64_t r = r0; r < r1; ++r) {
                 nf_v8d g0 = NF_LOAD8(dy + r * L + l), g1 = NF_LOAD8(dy + r * L + l + 8);
-                a0 += g0; a1 += g1;
-                b0 += g0 * (NF_LOAD8(x + r * L + l) - m0); b1 += g1 * (NF_LOAD8(x + r * L + l + 8) - m1);
+                v.a0 += g0; v.a1 += g1;
+                v.b0 += g0 * (NF_LOAD8(x + r * L + l) - v.c0); v.b1 += g1 * (NF_LOAD8(x + r * L + l + 8) - v.c1);
             }
-            memcpy(s1 + l, &a0, 64); memcpy(s1 + l + 8, &a1, 64);
-            memcpy(s2 + l, &b0, 64); memcpy(s2 + l + 8, &b1, 64);
+            nf_lanes16_store(&v, s1 + l, s2 + l);
         }
         for (; pdone < pbytes; pdone += 64) {
             __builtin_prefetch(px + pdone);

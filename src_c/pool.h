@@ -108,14 +108,13 @@ static void *nf_pool_worker(void *arg)
     return NULL;
 }
 
+/* In a child after fork() (one thread): the locks and the pool state start afresh. */
 static void nf_pool_reset_after_fork(void)
 {
     pthread_mutex_init(&nf_pool.submit, NULL);
     pthread_mutex_init(&nf_pool.sleep_m, NULL);
     pthread_cond_init(&nf_pool.sleep_cv, NULL);
-    atomic_store(&nf_pool.open, 0);
-    atomic_store(&nf_pool.active, 0);
-    atomic_store(&nf_pool.sleepers, 0);
+    nf_pool.open = nf_pool.active = nf_pool.sleepers = 0;
     nf_pool.started = 0;
     nf_pool.pid = getpid();
     nf_pool.serial_until = 0;

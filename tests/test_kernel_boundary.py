@@ -81,3 +81,31 @@ def test_spoiled_argument_raises(kernel, t, data):
     args[name] = _spoil(args[name], how)
     with pytest.raises((ValueError, TypeError), match="kernel boundary"):
         call(args)
+
+
+@pytest.mark.parametrize("t", [np.float16, np.float32, np.float64])
+def test_each_element_type_reaches_its_kernel(t):
+    """Each kernel's one entry point (src_c/dispatch.h) runs the instantiation of x's type: on
+    values exact in float16, every output matches the float64 call's."""
+    if t == np.float16 and not _normalize.HAVE_F16:
+        pytest.skip("no _Float16 kernels")
+    rng = np.random.default_rng(0)
+    ref, got = _calls(F8), _calls(t)
+    for name, (call, args, writes) in got.items():
+        for k, a in args.items():
+            if k not in writes and a.dtype == t:
+                v = rng.integers(-32, 33, a.size) / 8
+                a[...] = v
+                ref[name][1][k][...] = v
+        call(args)
+        ref[name][0](ref[name][1])
+        for k in writes:
+            np.testing.assert_allclose(args[k].astype(F8), ref[name][1][k], rtol=2e-3 if t == np.float16 else 1e-6,
+                                       atol=2e-3 if t == np.float16 else 1e-6, err_msg=f"{name}: {k}")
+
+
+@pytest.mark.parametrize("t", [np.int16, np.int32, np.complex64] + ([] if _normalize.HAVE_F16 else [np.float16]))
+def test_other_element_types_are_refused(t):
+    for name, (call, args, _) in _calls(t).items():
+        with pytest.raises(TypeError, match="kernel boundary"):
+            call(args)

@@ -4,22 +4,10 @@ cimport numpy as cnp
 from libc.stdint cimport int64_t
 cnp.import_array()
 
-cdef extern from "backward.h" nogil:
-    int nf_rows_backward_f32(const float *x, const float *dy, const float *gh, int64_t M, int64_t N, const double *mean,
-                             const double *rstd, const double *w, float *dx, double *dw, double *db, int nt)
-    int nf_rows_backward_f64(const double *x, const double *dy, const double *gh, int64_t M, int64_t N, const double *mean,
-                             const double *rstd, const double *w, double *dx, double *dw, double *db, int nt)
-    ctypedef unsigned short nf_half     # _Float16 in C (only passed by pointer here)
-    int nf_rows_backward_f16(const nf_half *x, const nf_half *dy, const nf_half *gh, int64_t M, int64_t N,
-                             const double *mean, const double *rstd, const double *w, nf_half *dx, double *dw,
-                             double *db, int nt)
-
-cdef extern from *:
-    """
-    #if !NF_HAVE_F16   /* no _Float16: never called (the boundary rejects float16), -2 if it were */
-    #define nf_rows_backward_f16(...) (-2)
-    #endif
-    """
+cdef extern from "backward.h" nogil:    # nf_rows_backward(dt, ...): src_c/dispatch.h
+    int nf_rows_backward(int dt, const void *x, const void *dy, const void *gh, int64_t M, int64_t N,
+                         const double *mean, const double *rstd, const double *w, void *dx, double *dw, double *db,
+                         int nt)
 
 
 include "_boundary.pxi"
@@ -41,13 +29,5 @@ def rows_backward(x, dy, gh, int64_t M, int64_t N, mean, rstd, w, dx, dw, db, in
     cdef double *pdw = <double *>_data(dw, "dw", cnp.NPY_FLOAT64, N, True, True)
     cdef double *pdb = <double *>_data(db, "db", cnp.NPY_FLOAT64, N, True, True)
     with nogil:
-        if t == cnp.NPY_FLOAT16:
-            rc = nf_rows_backward_f16(<const nf_half *>px, <const nf_half *>pg, <const nf_half *>pgh, M, N, pmean,
-                                      prstd, pw, <nf_half *>pdx, pdw, pdb, nt)
-        elif t == cnp.NPY_FLOAT32:
-            rc = nf_rows_backward_f32(<const float *>px, <const float *>pg, <const float *>pgh, M, N, pmean, prstd, pw,
-                                      <float *>pdx, pdw, pdb, nt)
-        else:
-            rc = nf_rows_backward_f64(<const double *>px, <const double *>pg, <const double *>pgh, M, N, pmean, prstd,
-                                      pw, <double *>pdx, pdw, pdb, nt)
+        rc = nf_rows_backward(t, px, pg, pgh, M, N, pmean, prstd, pw, pdx, pdw, pdb, nt)
     _check_rc(rc, "rows_backward")

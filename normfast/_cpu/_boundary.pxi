@@ -42,6 +42,15 @@ cdef extern from "common.h":
 
 HAVE_F16 = bool(NF_HAVE_F16)
 
+# The kernels' type-generic entry points (src_c/dispatch.h) take the NumPy type number checked
+# here (_float_type) as their element-type code.
+cdef extern from *:
+    """
+    #include "dispatch.h"
+    _Static_assert(NF_DT_F16 == NPY_HALF && NF_DT_F32 == NPY_FLOAT && NF_DT_F64 == NPY_DOUBLE,
+                   "src_c/dispatch.h: element-type codes are NumPy's type numbers");
+    """
+
 
 cdef int _float_type(object x) except -1:
     """NPY_FLOAT32, NPY_FLOAT64 or (where the kernels have _Float16) NPY_FLOAT16: the element

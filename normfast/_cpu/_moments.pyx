@@ -4,23 +4,11 @@ cimport numpy as cnp
 from libc.stdint cimport int64_t
 cnp.import_array()
 
-cdef extern from "moments.h" nogil:
+cdef extern from "moments.h" nogil:     # nf_reduce4d(dt, ...): src_c/dispatch.h
     ctypedef struct nf_mom:
         double n, mean, m2
-    int nf_reduce4d_f32(const float *x, const float *dy, const double *m, int64_t A, int64_t B, int64_t C,
-                        int64_t D, int kind, nf_mom *out, int nt)
-    int nf_reduce4d_f64(const double *x, const double *dy, const double *m, int64_t A, int64_t B, int64_t C,
-                        int64_t D, int kind, nf_mom *out, int nt)
-    ctypedef unsigned short nf_half     # _Float16 in C (only passed by pointer here)
-    int nf_reduce4d_f16(const nf_half *x, const nf_half *dy, const double *m, int64_t A, int64_t B, int64_t C,
-                        int64_t D, int kind, nf_mom *out, int nt)
-
-cdef extern from *:
-    """
-    #if !NF_HAVE_F16   /* no _Float16: never called (the boundary rejects float16), -2 if it were */
-    #define nf_reduce4d_f16(...) (-2)
-    #endif
-    """
+    int nf_reduce4d(int dt, const void *x, const void *dy, const double *m, int64_t A, int64_t B, int64_t C,
+                    int64_t D, int kind, nf_mom *out, int nt)
 
 
 include "_boundary.pxi"
@@ -41,10 +29,5 @@ def reduce4d(x, dy, m, int64_t A, int64_t B, int64_t C, int64_t D, int kind, out
     cdef const double *pm = <const double *>_data(m, "m", cnp.NPY_FLOAT64, S, False, kind != 2)
     cdef nf_mom *po = <nf_mom *>_data(out, "out", cnp.NPY_FLOAT64, 3 * S, True)
     with nogil:
-        if t == cnp.NPY_FLOAT16:
-            rc = nf_reduce4d_f16(<const nf_half *>px, <const nf_half *>pg, pm, A, B, C, D, kind, po, nt)
-        elif t == cnp.NPY_FLOAT32:
-            rc = nf_reduce4d_f32(<const float *>px, <const float *>pg, pm, A, B, C, D, kind, po, nt)
-        else:
-            rc = nf_reduce4d_f64(<const double *>px, <const double *>pg, pm, A, B, C, D, kind, po, nt)
+        rc = nf_reduce4d(t, px, pg, pm, A, B, C, D, kind, po, nt)
     _check_rc(rc, "reduce4d")

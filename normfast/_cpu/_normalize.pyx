@@ -5,45 +5,18 @@ import numpy as np
 from libc.stdint cimport int64_t
 cnp.import_array()
 
-cdef extern from "normalize.h" nogil:
-    int nf_apply4d_f32(const float *x, const float *dy, float *y, int64_t A, int64_t B, int64_t C, int64_t D,
-                       const double *m, const double *p, const double *q, const double *r, int nt)
-    int nf_apply4d_f64(const double *x, const double *dy, double *y, int64_t A, int64_t B, int64_t C, int64_t D,
-                       const double *m, const double *p, const double *q, const double *r, int nt)
-    int nf_rows_forward_f32(const float *x, float *y, int64_t M, int64_t N, const double *w, const double *b,
-                            int64_t seg, int64_t period, double eps, int rms, double *mean, double *rstd, int nt)
-    int nf_rows_forward_f64(const double *x, double *y, int64_t M, int64_t N, const double *w, const double *b,
-                            int64_t seg, int64_t period, double eps, int rms, double *mean, double *rstd, int nt)
-    int nf_rows_add_forward_f32(const float *x, const float *res, float *h, float *y, int64_t M, int64_t N,
-                                const double *w, const double *b, double eps, int rms, double *mean, double *rstd,
-                                int nt)
-    int nf_rows_add_forward_f64(const double *x, const double *res, double *h, double *y, int64_t M, int64_t N,
-                                const double *w, const double *b, double eps, int rms, double *mean, double *rstd,
-                                int nt)
-    int nf_samples_forward_f32(const float *x, float *y, int64_t A, int64_t B, int64_t G, int64_t D,
-                               const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
-    int nf_samples_forward_f64(const double *x, double *y, int64_t A, int64_t B, int64_t G, int64_t D,
-                               const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
-    ctypedef unsigned short nf_half     # _Float16 in C (only passed by pointer here)
-    int nf_apply4d_f16(const nf_half *x, const nf_half *dy, nf_half *y, int64_t A, int64_t B, int64_t C,
-                       int64_t D, const double *m, const double *p, const double *q, const double *r, int nt)
-    int nf_rows_forward_f16(const nf_half *x, nf_half *y, int64_t M, int64_t N, const double *w, const double *b,
-                            int64_t seg, int64_t period, double eps, int rms, double *mean, double *rstd, int nt)
-    int nf_rows_add_forward_f16(const nf_half *x, const nf_half *res, nf_half *h, nf_half *y, int64_t M,
-                                int64_t N, const double *w, const double *b, double eps, int rms, double *mean,
-                                double *rstd, int nt)
-    int nf_samples_forward_f16(const nf_half *x, nf_half *y, int64_t A, int64_t B, int64_t G, int64_t D,
-                               const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
-
-cdef extern from *:
-    """
-    #if !NF_HAVE_F16   /* no _Float16: never called (the boundary rejects float16), -2 if it were */
-    #define nf_apply4d_f16(...) (-2)
-    #define nf_rows_forward_f16(...) (-2)
-    #define nf_rows_add_forward_f16(...) (-2)
-    #define nf_samples_forward_f16(...) (-2)
-    #endif
-    """
+cdef extern from "normalize.h" nogil:   # nf_name(dt, ...): src_c/dispatch.h
+    int nf_apply4d(int dt, const void *x, const void *dy, void *y, int64_t A, int64_t B, int64_t C, int64_t D,
+                   const double *m, const double *p, const double *q, const double *r, int nt)
+    int nf_rows_forward(int dt, const void *x, void *y, int64_t M, int64_t N, const double *w, const double *b,
+                        int64_t seg, int64_t period, double eps, int rms, double *mean, double *rstd, int nt)
+    int nf_rows_add_forward(int dt, const void *x, const void *res, void *h, void *y, int64_t M, int64_t N,
+                            const double *w, const double *b, double eps, int rms, double *mean, double *rstd, int nt)
+    int nf_samples_forward(int dt, const void *x, void *y, int64_t A, int64_t B, int64_t G, int64_t D,
+                           const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
+    # rows_fast's: w/b in x's type (float32/float64 only there)
+    int nf_rows_forward_T(int dt, const void *x, void *y, int64_t M, int64_t N, const void *w, const void *b,
+                          double eps, int rms, double *mean, double *rstd, int nt)
 
 
 include "_boundary.pxi"
@@ -63,13 +36,7 @@ def apply4d(x, dy, y, int64_t A, int64_t B, int64_t C, int64_t D, m, p, q, r, in
     cdef const double *pq = <const double *>_data(q, "q", F64, S)
     cdef const double *pr = <const double *>_data(r, "r", F64, S, False, dy is None)
     with nogil:
-        if t == cnp.NPY_FLOAT16:
-            rc = nf_apply4d_f16(<const nf_half *>px, <const nf_half *>pg, <nf_half *>py, A, B, C, D, pm, pp, pq, pr,
-                                nt)
-        elif t == cnp.NPY_FLOAT32:
-            rc = nf_apply4d_f32(<const float *>px, <const float *>pg, <float *>py, A, B, C, D, pm, pp, pq, pr, nt)
-        else:
-            rc = nf_apply4d_f64(<const double *>px, <const double *>pg, <double *>py, A, B, C, D, pm, pp, pq, pr, nt)
+        rc = nf_apply4d(t, px, pg, py, A, B, C, D, pm, pp, pq, pr, nt)
     _check_rc(rc, "apply4d")
 
 
@@ -93,15 +60,7 @@ def rows_forward(x, y, int64_t M, int64_t N, w, b, int64_t seg, int64_t period, 
     cdef double *pmean = <double *>_data(mean, "mean", F64, M, True)
     cdef double *prstd = <double *>_data(rstd, "rstd", F64, M, True)
     with nogil:
-        if t == cnp.NPY_FLOAT16:
-            rc = nf_rows_forward_f16(<const nf_half *>px, <nf_half *>py, M, N, pw, pb, seg, period, eps, rms,
-                                     pmean, prstd, nt)
-        elif t == cnp.NPY_FLOAT32:
-            rc = nf_rows_forward_f32(<const float *>px, <float *>py, M, N, pw, pb, seg, period, eps, rms,
-                                     pmean, prstd, nt)
-        else:
-            rc = nf_rows_forward_f64(<const double *>px, <double *>py, M, N, pw, pb, seg, period, eps, rms,
-                                     pmean, prstd, nt)
+        rc = nf_rows_forward(t, px, py, M, N, pw, pb, seg, period, eps, rms, pmean, prstd, nt)
     _check_rc(rc, "rows_forward")
 
 
@@ -121,15 +80,7 @@ def rows_add_forward(x, res, h, y, int64_t M, int64_t N, w, b, double eps, bint 
     cdef double *pmean = <double *>_data(mean, "mean", F64, M, True)
     cdef double *prstd = <double *>_data(rstd, "rstd", F64, M, True)
     with nogil:
-        if t == cnp.NPY_FLOAT16:
-            rc = nf_rows_add_forward_f16(<const nf_half *>px, <const nf_half *>pr, <nf_half *>ph, <nf_half *>py, M, N,
-                                         pw, pb, eps, rms, pmean, prstd, nt)
-        elif t == cnp.NPY_FLOAT32:
-            rc = nf_rows_add_forward_f32(<const float *>px, <const float *>pr, <float *>ph, <float *>py, M, N, pw, pb,
-                                         eps, rms, pmean, prstd, nt)
-        else:
-            rc = nf_rows_add_forward_f64(<const double *>px, <const double *>pr, <double *>ph, <double *>py, M, N,
-                                         pw, pb, eps, rms, pmean, prstd, nt)
+        rc = nf_rows_add_forward(t, px, pr, ph, py, M, N, pw, pb, eps, rms, pmean, prstd, nt)
     _check_rc(rc, "rows_add_forward")
 
 
@@ -147,12 +98,7 @@ def samples_forward(x, y, int64_t A, int64_t B, int64_t G, int64_t D, w, b, doub
     cdef double *pmean = <double *>_data(mean, "mean", F64, _prod(A, G), True)
     cdef double *prstd = <double *>_data(rstd, "rstd", F64, _prod(A, G), True)
     with nogil:
-        if t == cnp.NPY_FLOAT16:
-            rc = nf_samples_forward_f16(<const nf_half *>px, <nf_half *>py, A, B, G, D, pw, pb, eps, pmean, prstd, nt)
-        elif t == cnp.NPY_FLOAT32:
-            rc = nf_samples_forward_f32(<const float *>px, <float *>py, A, B, G, D, pw, pb, eps, pmean, prstd, nt)
-        else:
-            rc = nf_samples_forward_f64(<const double *>px, <double *>py, A, B, G, D, pw, pb, eps, pmean, prstd, nt)
+        rc = nf_samples_forward(t, px, py, A, B, G, D, pw, pb, eps, pmean, prstd, nt)
     _check_rc(rc, "samples_forward")
 
 
@@ -165,12 +111,6 @@ def samples_forward(x, y, int64_t A, int64_t B, int64_t G, int64_t D, w, b, doub
 from cpython.object cimport PyObject
 from libc.stdlib cimport malloc, free
 from libc.math cimport isfinite
-
-cdef extern from "normalize.h" nogil:
-    int nf_rows_forward_T_f32(const float *x, float *y, int64_t M, int64_t N, const float *w, const float *b,
-                              double eps, int rms, double *mean, double *rstd, int nt)
-    int nf_rows_forward_T_f64(const double *x, double *y, int64_t M, int64_t N, const double *w, const double *b,
-                              double eps, int rms, double *mean, double *rstd, int nt)
 
 cdef extern from *:
     """
@@ -373,12 +313,8 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
         rstd = mean + M
     nt = _nthreads()
     with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            rc = nf_rows_forward_T_f32(<const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(ya), M, N,
-                                       <const float *>pw, <const float *>pb, e, rms, mean, rstd, nt)
-        else:
-            rc = nf_rows_forward_T_f64(<const double *>cnp.PyArray_DATA(xa), <double *>cnp.PyArray_DATA(ya), M, N,
-                                       <const double *>pw, <const double *>pb, e, rms, mean, rstd, nt)
+        rc = nf_rows_forward_T(typenum, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ya), M, N, pw, pb, e, rms, mean, rstd,
+                               nt)
     if not return_stats and M > 256:
         free(mean)
     y = ya

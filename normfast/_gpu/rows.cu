@@ -9,6 +9,23 @@
  */
 #include "common.cuh"
 
+/* The statistics of a row from its reduced (count, mean, M2) r, by every thread of the row:
+ * thread 0 stores mean (0 for rms) and rstd = 1 / sqrt(M2 / N + eps); returns rstd and the
+ * mean split hi + lo in the compute type A (nf_split). */
+template <bool RMS, typename A>
+NF_DEV double nf_row_stats(const nf_s3<double> &r, nf_i64 N, double eps, nf_i64 row, int tx, double *mean_out,
+                           double *rstd_out, A &mh, A &ml)
+{
+    const double mean = RMS ? 0.0 : r.b;
+    const double rs = 1.0 / sqrt(r.c / (double)N + eps);
+    if (tx == 0) {
+        mean_out[row] = mean;
+        rstd_out[row] = rs;
+    }
+    nf_split(mean, mh, ml);
+    return rs;
+}
+
 /* Forward: per row i of N values, statistics about k = x[i][0] (0 for rms) in float64,
  * then y = ((x - hi) - lo) * (A)(rstd * w[j / seg]) + b[j / seg] with hi / lo the
  * split of the float64 mean and w/b the block (i % period) of the float64 affine
@@ -36,14 +53,8 @@ nf_rows_fwd(const T *x, nf_i64 ldx, T *y, nf_i64 ldy, nf_i64 M, nf_i64 N, const 
         }
         const nf_s3<double> r = nf_moments_of(nf_group_reduce(st.sums(), nf_add(), sh, res), st.k);
         if (!ok) continue;                       /* no barrier below */
-        const double mean = RMS ? 0.0 : r.b;
-        const double rs = 1.0 / sqrt(r.c / (double)N + eps);
-        if (tx == 0) {
-            mean_out[row] = mean;
-            rstd_out[row] = rs;
-        }
         A mh, ml;
-        nf_split(mean, mh, ml);
+        const double rs = nf_row_stats<RMS>(r, N, eps, row, tx, mean_out, rstd_out, mh, ml);
         T *yr = y + row * ldy;
         if (w == nullptr) {
             const A ra = (A)rs;
@@ -95,14 +106,8 @@ nf_rows_add_fwd(const T *x, const T *res, T *h, T *y, nf_i64 M, nf_i64 N, const 
             });
         const nf_s3<double> r = nf_moments_of(nf_group_reduce(st.sums(), nf_add(), sh, red), st.k);   /* block barrier: h visible */
         if (!ok) continue;
-        const double mean = RMS ? 0.0 : r.b;
-        const double rs = 1.0 / sqrt(r.c / (double)N + eps);
-        if (tx == 0) {
-            mean_out[row] = mean;
-            rstd_out[row] = rs;
-        }
         A mh, ml;
-        nf_split(mean, mh, ml);
+        const double rs = nf_row_stats<RMS>(r, N, eps, row, tx, mean_out, rstd_out, mh, ml);
         const T *hr = h + o;
         if (w == nullptr) {
             const A ra = (A)rs;
