@@ -218,10 +218,69 @@ cdef object _param_view(object t):
     return view
 
 
+cdef tuple _fast_torch_args(object x, object weight, object bias):
+    """(x, weight, bias) as NumPy views of plain torch CPU tensors (see _torch_as_numpy), or None."""
+    if type(x).__name__ != "Tensor":
+        return None
+    xv = _torch_as_numpy(x)
+    if xv is None:
+        return None
+    if weight is not None:
+        weight = _torch_as_numpy(weight)
+        if weight is None:
+            return None
+    if bias is not None:
+        bias = _torch_as_numpy(bias)
+        if bias is None:
+            return None
+    return (xv, weight, bias)
+
+
+cdef inline bint _fast_shape(object normalized_shape, int64_t N):
+    """normalized_shape is N or (N,) / [N] with a plain int."""
+    if type(normalized_shape) is int:
+        return normalized_shape == N
+    if isinstance(normalized_shape, (tuple, list)) and len(normalized_shape) == 1 \
+            and type(normalized_shape[0]) is int:
+        return normalized_shape[0] == N
+    return False
+
+
+cdef inline bint _fast_eps(object eps, bint rms, int typenum, double *e):
+    """A finite float eps >= 0 (or None for rms: the dtype's machine epsilon, torch's rule) into e."""
+    if eps is None:
+        if not rms:
+            return False
+        e[0] = 1.1920928955078125e-07 if typenum == cnp.NPY_FLOAT32 else 2.220446049250313e-16
+        return True
+    if type(eps) is not float:
+        return False
+    e[0] = eps
+    return isfinite(e[0]) and e[0] >= 0
+
+
+cdef object _fast_target(object out, object x, object wa, object ba, int typenum):
+    """The output array: a new one (a reused block when large), or `out` when it is plain, writable,
+    of x's shape and apart from x (or x itself), weight and bias; None otherwise."""
+    cdef cnp.ndarray ya, xa = <cnp.ndarray>x
+    if out is None:
+        if cnp.PyArray_NBYTES(xa) >= _ALLOC_MIN:        # large: a reused, already-faulted block
+            return _alloc_empty(x.shape, x.dtype)
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(xa), cnp.PyArray_DIMS(xa), typenum, 0)
+    if not _plain(out, typenum) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out) \
+            or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>out, xa):
+        return None
+    ya = <cnp.ndarray>out
+    if (ya is not xa and not _apart(ya, xa)) or (wa is not None and not _apart(ya, <cnp.ndarray>wa)) \
+            or (ba is not None and not _apart(ya, <cnp.ndarray>ba)):
+        return None                         # the general path copies or raises
+    return ya
+
+
 def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bint rms):
     """layer_norm / rms_norm for the common call, or NotImplemented.  Same results, bitwise,
     as the general path (same kernels and operations)."""
-    cdef cnp.ndarray xa, wa = None, ba = None, ya
+    cdef cnp.ndarray xa, ya
     cdef int typenum, nd, rc = 0, nt
     cdef int64_t N, M
     cdef double e
@@ -232,20 +291,11 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
     cdef const void *pb = NULL
     torch_in = False
     if type(x) is not np.ndarray:
-        if type(x).__name__ != "Tensor" or out is not None:
+        args = _fast_torch_args(x, weight, bias) if out is None else None
+        if args is None:
             return NotImplemented
-        xv = _torch_as_numpy(x)
-        if xv is None:
-            return NotImplemented
-        if weight is not None:
-            weight = _torch_as_numpy(weight)
-            if weight is None:
-                return NotImplemented
-        if bias is not None:
-            bias = _torch_as_numpy(bias)
-            if bias is None:
-                return NotImplemented
-        x, torch_in = xv, True
+        x, weight, bias = args
+        torch_in = True
     xa = <cnp.ndarray>x
     typenum = cnp.PyArray_TYPE(xa)
     if (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64) or not _plain(x, typenum):
@@ -254,50 +304,21 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
     if nd < 1:
         return NotImplemented
     N = cnp.PyArray_DIMS(xa)[nd - 1]
-    if type(normalized_shape) is int:
-        if normalized_shape != N:
-            return NotImplemented
-    elif isinstance(normalized_shape, (tuple, list)) and len(normalized_shape) == 1 and type(normalized_shape[0]) is int:
-        if normalized_shape[0] != N:
-            return NotImplemented
-    else:
-        return NotImplemented
-    if N == 0:
+    if N == 0 or not _fast_shape(normalized_shape, N) or not _fast_eps(eps, rms, typenum, &e):
         return NotImplemented
     M = cnp.PyArray_SIZE(xa) // N
-    if eps is None:
-        if not rms:
-            return NotImplemented
-        e = 1.1920928955078125e-07 if typenum == cnp.NPY_FLOAT32 else 2.220446049250313e-16
-    elif type(eps) is float:
-        e = eps
-        if not (isfinite(e) and e >= 0):
-            return NotImplemented
-    else:
-        return NotImplemented
     if weight is not None:
         if not _plain_vector(weight, typenum, N):
             return NotImplemented
-        wa = <cnp.ndarray>weight
-        pw = cnp.PyArray_DATA(wa)
+        pw = cnp.PyArray_DATA(<cnp.ndarray>weight)
     if bias is not None:
         if not _plain_vector(bias, typenum, N):
             return NotImplemented
-        ba = <cnp.ndarray>bias
-        pb = cnp.PyArray_DATA(ba)
-    if out is None:
-        if cnp.PyArray_NBYTES(xa) >= _ALLOC_MIN:        # large: a reused, already-faulted block
-            ya = <cnp.ndarray>_alloc_empty(x.shape, x.dtype)
-        else:
-            ya = <cnp.ndarray>cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), typenum, 0)
-    else:
-        if not _plain(out, typenum) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out) \
-                or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>out, xa):
-            return NotImplemented
-        ya = <cnp.ndarray>out
-        if (ya is not xa and not _apart(ya, xa)) or (wa is not None and not _apart(ya, wa)) \
-                or (ba is not None and not _apart(ya, ba)):
-            return NotImplemented          # the general path copies or raises
+        pb = cnp.PyArray_DATA(<cnp.ndarray>bias)
+    yo = _fast_target(out, x, weight, bias, typenum)
+    if yo is None:
+        return NotImplemented
+    ya = <cnp.ndarray>yo
     if return_stats:
         lead = x.shape[:nd - 1]
         mean_a = _np_empty(lead, np.float64)
@@ -317,9 +338,7 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
                                nt)
     if not return_stats and M > 256:
         free(mean)
-    y = ya
-    if torch_in:
-        y = _torch_from_numpy(ya)
+    y = _torch_from_numpy(ya) if torch_in else ya
     if not return_stats:
         return y
     if rms:
@@ -327,4 +346,3 @@ def rows_fast(x, normalized_shape, weight, bias, eps, out, bint return_stats, bi
     if torch_in:
         return (y, _torch_from_numpy(mean_a), _torch_from_numpy(rstd_a))
     return (y, mean_a, rstd_a)
-
