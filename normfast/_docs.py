@@ -17,7 +17,7 @@ FRAGMENTS = {
     "eps": """eps : float, default 1e-5
     Added to the variance.""",
     "eps_rms": """eps : float, optional
-    None (default) uses the machine epsilon of x's dtype, as torch does.""",
+    None (default) uses the machine epsilon of the input's dtype, as torch does.""",
     "weight_bias_rows": """weight, bias : arrays of shape ``normalized_shape``, optional
     Elementwise affine (any float dtype; read as float64).""",
     "weight_bias_C": """weight, bias : arrays of shape (C,), optional
@@ -86,54 +86,182 @@ TypeError, ValueError
     # ---------------------------------------------------------------- normfast.dask
     "dask_x": """x : dask.array.Array of float16, float32 or float64
     Any chunking (a NumPy array is taken as one chunk).""",
+    "split_every": """split_every : int or dict, optional
+    Fan-in of the tree reduction of the chunks' statistics (as in Dask's reductions).""",
     "dask_stats": """compute_stats : bool, default False
     Compute the statistics now (``dask.compute``) and use them as constants: x is read twice
     but never held in memory (for larger-than-memory arrays; see the module docstring).
-split_every : int or dict, optional
-    Fan-in of the tree reduction of the chunks' statistics (as in Dask's reductions).""",
+{split_every}""",
     "dask_y": """Returns
 -------
 y : dask.array.Array
     Lazy, of x's shape, dtype and chunks.""",
-    "dask_grads": """Returns
+    "dask_rows_y": """Returns
 -------
-grad_x : dask.array.Array or None
-    Lazy, of x's shape, dtype and chunks.
-grad_weight, grad_bias : dask.array.Array or None
-    Lazy, in the weight's dtype (x's without a weight); None when not requested or without
-    a weight.""",
-    "dask_needs": """needs_input_grad : tuple of bool, default all True
-    Gradients not requested are returned as None and not computed.""",
+y : dask.array.Array
+    Lazy, of x's shape and dtype (whole rows per chunk).
+
+{dask_raises}""",
     "dask_raises": """Raises
 ------
 TypeError, ValueError
     As the NumPy operator: non-floating arrays, shapes that do not match, bad parameters.""",
+    "dask_tail_C": """{channel_axis}
+{dask_stats}
+
+{dask_y}
+
+{dask_raises}""",
+    "dask_needs": """needs_input_grad : tuple of bool, default all True
+    Gradients not requested are returned as None and not computed.""",
+    "dask_grads": """Returns
+-------
+grad_x : dask.array.Array or None
+    Lazy, of x's shape and dtype.
+grad_weight, grad_bias : dask.array.Array or None
+    Lazy, in the weight's dtype (x's without a weight array); None when not requested or
+    without a weight.""",
+    "dask_bwd_tail": """{dask_needs}
+
+{dask_grads}
+
+{dask_raises}""",
+    "dask_examples": """Examples
+--------
+>>> import numpy as np, dask, dask.array as da
+>>> import normfast as nf, normfast.dask as nd""",
+    # ---------------------------------------------------------------- layer constructors (nn and torch)
+    "ln_affine": """elementwise_affine : bool, default True
+    Learnable ``weight`` (ones) and ``bias`` (zeros) of shape ``normalized_shape``.
+bias : bool, default True
+    With ``elementwise_affine``: also the ``bias``.""",
+    "rms_affine": """elementwise_affine : bool, default True
+    A learnable ``weight`` (ones) of shape ``normalized_shape``.""",
+    "running_module": """num_features : int
+    C, the size of the channel axis.
+{eps}
+momentum : float or None, default 0.1
+    Weight of the batch statistics in the running ones (None: cumulative average).
+affine : bool
+    Learnable per-channel ``weight`` (ones) and ``bias`` (zeros).
+track_running_stats : bool
+    Keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (torch's buffers).""",
     # ---------------------------------------------------------------- normfast.torch
     "input": """input : torch.Tensor
-    A CPU tensor of float16, bfloat16, float32 or float64 (any strides).""",
+    On the CPU; float16, bfloat16, float32 or float64, any strides.""",
+    "torch_wb_rows": """weight, bias : torch.Tensor of shape ``normalized_shape``, optional
+    Elementwise affine (may have another float dtype than input).""",
+    "torch_ln_args": """{normalized_shape}
+{torch_wb_rows}
+{eps}""",
+    "torch_rms_args": """{normalized_shape}
+weight : torch.Tensor of shape ``normalized_shape``, optional
+    Elementwise scale.
+{eps_rms}""",
+    "torch_wb_C": """weight, bias : torch.Tensor of shape (C,), optional
+    Per-channel affine (may have another float dtype than input).""",
     "torch_raises": """Raises
 ------
 TypeError
     A tensor not on the CPU (normfast.torch runs CPU tensors; use CuPy arrays on CUDA).
 ValueError
     Shapes or parameters that do not match, as the NumPy operator.""",
+    "torch_tail": """Returns
+-------
+torch.Tensor
+    Of input's shape and dtype; gradients reach every tensor argument that requires them.
+
+{torch_raises}""",
+    "torch_running_tail": """momentum : float, default 0.1
+    Weight of the new statistics in the running update.
+{eps}
+
+{torch_tail}""",
+    "torch_add_tail": """Returns
+-------
+y, h : torch.Tensor
+    The normalized sum and the sum itself, of input's shape and dtype.
+
+{torch_raises}""",
+    "torch_examples": """Examples
+--------
+>>> import torch, normfast.torch as nft""",
+    "torch_factory": """device, dtype : optional
+    torch's factory arguments, for the parameters and buffers.""",
     "module_raises": """Raises
 ------
 TypeError, ValueError
     On calling: as the functional form (CPU tensors only, shapes that do not match).""",
+    "torch_ln_params": """Parameters
+----------
+{normalized_shape}
+{eps}
+{ln_affine}
+{torch_factory}
+
+{module_raises}""",
+    "torch_rms_params": """Parameters
+----------
+{normalized_shape}
+{eps_rms}
+{rms_affine}
+{torch_factory}
+
+{module_raises}""",
+    "torch_running": """Parameters
+----------
+{running_module}
+{torch_factory}
+
+{module_raises}""",
+    "forward": """Parameters
+----------
+input : torch.Tensor
+    On the CPU, laid out as the functional form takes it.
+
+Returns
+-------
+torch.Tensor
+    Of input's shape, dtype and memory format.""",
+    "forward_add": """Parameters
+----------
+x, residual : torch.Tensor
+    CPU tensors of the same shape.
+
+Returns
+-------
+y, h : torch.Tensor
+    The normalized sum and the sum ``x + residual`` (feed h to the next block).""",
     # ---------------------------------------------------------------- normfast.nn
     "nn_device": """device : {'cpu', 'cuda'} or array namespace, optional
     Where the parameters live: NumPy ('cpu', default), CuPy ('cuda') or the namespace given.
 dtype : dtype, default float32
     dtype of the parameters and running statistics.""",
-    "nn_running": """momentum : float, default 0.1
-    Weight of the new statistics in the running ones.
-affine : bool
-    Learnable per-channel ``weight`` and ``bias`` (ones and zeros).
-track_running_stats : bool
-    Keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` (torch's buffers).
+    "nn_ln_params": """Parameters
+----------
+{normalized_shape}
+{eps}
+{ln_affine}
+{nn_tail}""",
+    "nn_rms_params": """Parameters
+----------
+{normalized_shape}
+{eps_rms}
+{rms_affine}
+{nn_tail}""",
+    "nn_running": """Parameters
+----------
+{running_module}
 channel_axis : int, default 1
-    1 for (N, C, ...), -1 for channels-last (N, ..., C).""",
+    1 for (N, C, ...), -1 for channels-last (N, ..., C).
+{nn_tail}""",
+    "nn_tail": """{nn_device}
+
+{nn_raises}""",
+    "nn_raises": """Raises
+------
+ValueError
+    An unknown ``device``.""",
 }
 
 _PLACEHOLDER = re.compile(r"^([ \t]*)\{([A-Za-z_]\w*)\}[ \t]*$", re.M)
