@@ -7,6 +7,7 @@ y and h, instead of two round trips through memory.
 import numpy as np
 
 from . import _core
+from ._docs import fill
 from ._checks import check_eps, check_float_array, check_out, check_param, check_separate, same_dtype
 from ._layer_norm import normalized_axes
 
@@ -49,6 +50,7 @@ def _add_norm(x, residual, normalized_shape, weight, bias, eps, out, residual_ou
     return y, h, mean.reshape(lead), rstd.reshape(lead)
 
 
+@fill
 def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None,
                    residual_out=None, return_stats=False):
     """``h = x + residual`` (rounded in x's dtype) then ``y = layer_norm(h)``, fused: one read of x and
@@ -56,23 +58,21 @@ def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e
 
     Parameters
     ----------
-    x, residual : arrays of the same shape and dtype (float16, float32, float64)
-    normalized_shape : int or sequence of int
-    weight, bias : arrays of shape ``normalized_shape``, optional
-    eps : float, default 1e-5
-    out, residual_out : arrays like x, optional
-        Where to write y and h; ``out=x`` and ``residual_out=residual`` are allowed (in place).
+    {residual}
+    {normalized_shape}
+    {weight_bias_rows}
+    {eps}
+    {out_residual}
     return_stats : bool, default False
+        Also return the ``mean`` and ``rstd`` of h's rows (float64).
 
     Returns
     -------
     y, h : arrays like x
+        The normalized sum and the sum itself.
     mean, rstd : float64 arrays, only with ``return_stats``
 
-    Raises
-    ------
-    TypeError, ValueError
-        As :func:`layer_norm`, and residual not matching x, out and residual_out sharing memory.
+    {raises_add}
 
     Examples
     --------
@@ -88,6 +88,7 @@ def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e
     return (y, h, mean, rstd) if return_stats else (y, h)
 
 
+@fill
 def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=None, residual_out=None,
                  return_stats=False):
     """``h = x + residual`` (rounded in x's dtype) then ``y = rms_norm(h)``, fused: one read of x and
@@ -95,30 +96,27 @@ def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=No
 
     Parameters
     ----------
-    x, residual : arrays of the same shape and dtype (float16, float32, float64)
-    normalized_shape : int or sequence of int
+    {residual}
+    {normalized_shape}
     weight : array of shape ``normalized_shape``, optional
-    eps : float, optional (None: machine epsilon of x's dtype)
-    out, residual_out : arrays like x, optional
-        Where to write y and h; ``out=x`` and ``residual_out=residual`` are allowed (in place).
+    {eps_rms}
+    {out_residual}
     return_stats : bool, default False
+        Also return the ``rstd`` of h's rows (float64).
 
     Returns
     -------
     y, h : arrays like x
     rstd : float64 array, only with ``return_stats``
 
-    Raises
-    ------
-    TypeError, ValueError
-        As :func:`rms_norm`, and residual not matching x, out and residual_out sharing memory.
+    {raises_add}
 
     Examples
     --------
     >>> import numpy as np, normfast as nf
     >>> x, r = np.ones((2, 4)), np.arange(8.0).reshape(2, 4)
-    >>> y, h = nf.add_rms_norm(x, r, 4)
-    >>> np.array_equal(h, x + r), np.allclose(y, nf.rms_norm(x + r, 4))
+    >>> y, h, rstd = nf.add_rms_norm(x, r, 4, residual_out=r, return_stats=True)    # h written into r
+    >>> h is r, np.allclose(y, h * rstd[:, None])
     (True, True)
     """
     x = check_float_array(x)
@@ -140,17 +138,12 @@ def _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, rms, 
     mean = None if rms else _core.check_stats(mean, lead, "mean")
     rstd = _core.check_stats(rstd, lead, "rstd")
     w = check_param(weight, shape, "weight")
-    M, N = _core.prod(lead), _core.prod(shape)
     needs = (True, w is not None, w is not None and not rms)
     out = _core.grad_target(out, h, dy, fname, grad_h)
-    dx, dw, db = _core.rows_backward(dy, h, M, N, mean, rstd, None if w is None else w.reshape(-1), needs, grad_h,
-                                     out=out)
-    dx = _core.grad_finish(out, h, dx)
-    dw = None if dw is None else _core.grad_cast(dw.reshape(shape), h, weight)
-    db = None if db is None else _core.grad_cast(db.reshape(shape), h, weight)
-    return dx, dw, db
+    return _core.rows_grads(dy, h, shape, mean, rstd, w, weight, needs, out, grad_h)
 
 
+@fill
 def add_layer_norm_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight=None, *, out=None):
     """Gradients of :func:`add_layer_norm`: ``(grad_input, grad_weight, grad_bias)``.
 
@@ -159,25 +152,18 @@ def add_layer_norm_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, wei
 
     Parameters
     ----------
-    grad_y : array like h
-    grad_h : array like h, or None
-    h : array
-        The forward's h (= x + residual).
-    mean, rstd : arrays from ``return_stats=True``
-    normalized_shape : int or sequence of int
-    weight : array, optional
-    out : array like h, optional
-        Where to write grad_input; may be grad_y, grad_h or h (in place).
+    {grad_add}
+    mean, rstd : float64 arrays
+        As returned by ``add_layer_norm(..., return_stats=True)``.
+    {add_bwd_tail}
 
     Returns
     -------
     grad_input : array like h
+        The gradient of both x and residual.
     grad_weight, grad_bias : arrays, or None without a weight
 
-    Raises
-    ------
-    TypeError, ValueError
-        Shapes or dtypes that do not match h, a bad ``out``.
+    {raises_add_bwd}
 
     Examples
     --------
@@ -192,6 +178,7 @@ def add_layer_norm_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, wei
                          out)
 
 
+@fill
 def add_rms_norm_backward(grad_y, grad_h, h, rstd, normalized_shape, weight=None, *, out=None):
     """Gradients of :func:`add_rms_norm`: ``(grad_input, grad_weight)``.
 
@@ -200,34 +187,27 @@ def add_rms_norm_backward(grad_y, grad_h, h, rstd, normalized_shape, weight=None
 
     Parameters
     ----------
-    grad_y : array like h
-    grad_h : array like h, or None
-    h : array
-        The forward's h (= x + residual).
-    rstd : array from ``return_stats=True``
-    normalized_shape : int or sequence of int
-    weight : array, optional
-    out : array like h, optional
-        Where to write grad_input; may be grad_y, grad_h or h (in place).
+    {grad_add}
+    rstd : float64 array
+        The forward's ``rstd`` (``add_rms_norm(..., return_stats=True)``).
+    {add_bwd_tail}
 
     Returns
     -------
     grad_input : array like h
+        The gradient of both x and residual.
     grad_weight : array, or None without a weight
 
-    Raises
-    ------
-    TypeError, ValueError
-        Shapes or dtypes that do not match h, a bad ``out``.
+    {raises_add_bwd}
 
     Examples
     --------
     >>> import numpy as np, normfast as nf
     >>> x, r = np.random.default_rng(0).normal(size=(2, 2, 4))
-    >>> y, h, *stats = nf.add_rms_norm(x, r, 4, return_stats=True)
-    >>> g = nf.add_rms_norm_backward(np.ones_like(h), np.ones_like(h), h, *stats, 4)
-    >>> g[0].shape
-    (2, 4)
+    >>> y, h, rstd = nf.add_rms_norm(x, r, 4, np.ones(4), return_stats=True)
+    >>> gi, gw = nf.add_rms_norm_backward(np.zeros_like(h), None, h, rstd, 4, np.ones(4))
+    >>> np.allclose(gi, 0.0), gw.shape
+    (True, (4,))
     """
     dx, dw, _ = _add_backward(grad_y, grad_h, h, None, rstd, normalized_shape, weight, True, "add_rms_norm_backward",
                               out)

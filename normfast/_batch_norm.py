@@ -3,7 +3,7 @@ import numpy as np
 
 from . import _core, _running
 from ._docs import fill
-from ._checks import check_float_array, check_out, check_param, check_separate, normalize_axis
+from ._checks import check_float_array, check_param, normalize_axis
 
 
 def channel_dims(x, channel_axis, fname):
@@ -14,6 +14,7 @@ def channel_dims(x, channel_axis, fname):
     return ca, _core.prod(x.shape[:ca]), x.shape[ca], _core.prod(x.shape[ca + 1:])
 
 
+@fill
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False, momentum=0.1,
                eps=1e-5, *, channel_axis=1, out=None, return_stats=False, num_batches_tracked=None):
     """Batch normalization (as ``torch.nn.functional.batch_norm``).
@@ -25,23 +26,21 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     running_mean, running_var : arrays of shape (C,), optional
         training=True: updated in place, ``r = (1 - m) * r + m * stat`` with the unbiased batch
         variance for ``running_var``.  training=False: used to normalize (required).
-    weight, bias : arrays of shape (C,), optional
+    {weight_bias_C}
     training : bool, default False
+        Normalize with the batch statistics (and update the running ones), else with the running ones.
     momentum : float in [0, 1] or None, default 0.1
-        None: cumulative moving average ``m = 1 / num_batches_tracked`` (needs ``num_batches_tracked``).
-    eps : float, default 1e-5
-    channel_axis : int, default 1
-    out : array like x, optional
-        Where to write y; may be x itself.
+        ``m`` in the running update; None: cumulative moving average ``m = 1 / num_batches_tracked``
+        (needs ``num_batches_tracked``).
+    {eps}
+    {channel_axis}
+    {out_y}
     return_stats : bool, default False
         Also return the ``mean`` and ``rstd`` used (float64, shape (C,)).
     num_batches_tracked : one-element integer NumPy array, optional
         Incremented in place on every training call (torch's module buffer).
 
-    Returns
-    -------
-    y : array of x's shape, dtype and type
-    mean, rstd : float64 arrays, only with ``return_stats``
+    {returns_y}
 
     Raises
     ------
@@ -62,12 +61,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     """
     x = check_float_array(x)
     ca, B, C, D = channel_dims(x, channel_axis, "batch_norm")
-    w, b, eps, rm, rv = _running.check_channel_args(C, weight, bias, eps, momentum, running_mean, running_var,
-                                                    training)
-    out = check_out(out, x.shape, x.dtype, x)
-    if training:
-        check_separate("batch_norm", [("x", x)], [("out", out), ("running_mean", rm), ("running_var", rv),
-                                                ("num_batches_tracked", num_batches_tracked)])
+    w, b, eps, rm, rv, out = _running.check_channel_call("batch_norm", x, C, weight, bias, eps, momentum,
+                                                         running_mean, running_var, training, out,
+                                                         num_batches_tracked)
     dims = (1, B, C, D)
     if training:
         n_per = B * D
@@ -83,11 +79,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             _running.update(rm, mean, f)
             _running.update(rv, m2 / (n - 1), f)
     else:
-        if rm is None or rv is None:
-            raise ValueError("running_mean and running_var must be given when training=False")
+        mean, rstd = _running.running_stats(rm, rv, eps, "training")
         xk = _core.as_kernel_input(x)
-        mean = _core.host(rm).astype(np.float64)
-        rstd = 1.0 / np.sqrt(_core.host(rv).astype(np.float64) + eps)
     y = _core.target(out, xk)
     _core.apply_affine(xk, y, dims, mean, rstd, w, b)
     y = _core.finish(out, x.dtype, y)
@@ -109,17 +102,8 @@ def batch_norm_backward(grad_out, x, mean, rstd, weight=None, training=True, *, 
         As returned with ``return_stats=True`` (batch statistics when training, running ones otherwise).
     {weight_bwd}
     training : bool, default True
-    channel_axis : int, default 1
-    {needs_out}
-
-    Returns
-    -------
-    grad_x : array like x, or None
-    grad_weight, grad_bias : arrays of shape (C,) in the weight's dtype, or None
-
-    Raises
-    ------
-    {raises_bwd}
+        As in the forward: False gives the eval-mode gradient (the statistics are constants).
+    {bwd_tail_C}
 
     Examples
     --------

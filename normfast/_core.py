@@ -294,6 +294,16 @@ def moments_apply(xk, y, dims, w, b, eps, keep_stats):
     return mean_all, rstd_all, sum_mean, sum_var
 
 
+def rows_grads(dy, x, shape, mean, rstd, w, weight, needs, out, gh=None):
+    """:func:`rows_backward` over x's trailing dimensions ``shape`` (w: the checked weight or None,
+    weight: the caller's), then grad_x finished into ``out`` (see grad_finish) and the parameter
+    gradients shaped as ``shape`` in the weight's dtype: (dx, dw, db), None where not computed."""
+    M, N = prod(x.shape[:x.ndim - len(shape)]), prod(shape)
+    dx, dw, db = rows_backward(dy, x, M, N, mean, rstd, None if w is None else w.reshape(-1), needs, gh, out=out)
+    return (grad_finish(out, x, dx), grad_cast(None if dw is None else dw.reshape(shape), x, weight),
+            grad_cast(None if db is None else db.reshape(shape), x, weight))
+
+
 def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs, out=None):
     """Backward of a per-channel-affine norm on x[A, B, C, D] (channel c, sample a).
 

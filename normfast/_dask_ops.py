@@ -26,6 +26,7 @@ import numpy as np
 from . import _running
 from ._batch_norm import channel_dims
 from ._checks import check_eps, check_int, check_momentum, check_param
+from ._docs import fill
 from ._group_norm import sample_channel_dims
 from ._layer_norm import normalized_axes
 from .dask import (_bn_block, _bw_arg, _channel_chunks, _check_array, _gn_block, _like, _maybe_compute,
@@ -125,13 +126,28 @@ def _rms_block(block, shape, w, eps):
     return normfast.rms_norm(block, shape, _like(w, block), eps)
 
 
+@fill
 def rms_norm(x, normalized_shape, weight=None, eps=None):
     """RMS normalization over the trailing ``normalized_shape`` dims (as :func:`normfast.rms_norm`).
 
     Every row is normalized on its own by :func:`normfast.rms_norm` on every chunk
     (``map_blocks``); split normalized axes are first rechunked to one chunk (as
-    :func:`normfast.dask.layer_norm`).  ``eps=None`` is the machine epsilon of x's dtype.
-    Returns a lazy Dask array of x's shape and dtype.
+    :func:`normfast.dask.layer_norm`).
+
+    Parameters
+    ----------
+    {dask_x}
+    {normalized_shape}
+    weight : array of shape ``normalized_shape``, optional
+        Elementwise scale.
+    {eps_rms}
+
+    {dask_rows_y}
+
+    {dask_examples}
+    >>> x = da.ones((4, 6), chunks=(2, 3))
+    >>> nd.rms_norm(x, 6, eps=0.0).compute().tolist()[0]
+    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     """
     x = _check_array(x, "rms_norm")
     shape, axes = normalized_axes(x, normalized_shape, "rms_norm")
@@ -143,6 +159,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None):
 
 # --------------------------------------------------------------------------- instance_norm
 
+@fill
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
                   momentum=0.1, eps=1e-5, *, channel_axis=1, compute_stats=False, split_every=None):
     """Instance normalization of a Dask array (as :func:`normfast.instance_norm`).
@@ -153,7 +170,24 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         average of the instance means and unbiased variances (torch's rule); **that computes
         the statistics at call time** (as :func:`normfast.dask.batch_norm`).
     use_input_stats=False : every chunk is normalized with the running statistics.
-    Returns a lazy Dask array of x's shape, dtype and chunks.
+
+    Parameters
+    ----------
+    x : dask.array.Array, (N, C, *spatial) or (N, *spatial, C) with ``channel_axis=-1``
+        float16, float32 or float64, any chunking.
+    running_mean, running_var : NumPy arrays of shape (C,), optional
+        Updated in place (eagerly) with input statistics; used to normalize without.
+    {weight_bias_C}
+    use_input_stats : bool, default True
+        Normalize with each instance's own statistics.
+    {momentum}
+    {eps}
+    {dask_tail_C}
+
+    {dask_examples}
+    >>> x = da.from_array(np.random.default_rng(0).normal(size=(4, 3, 10)), chunks=(2, 3, 5))
+    >>> np.allclose(nd.instance_norm(x).compute(), nf.instance_norm(x.compute()))
+    True
     """
     x = _check_array(x, "instance_norm")
     N, pre, C, post = sample_channel_dims(x, channel_axis, "instance_norm")
@@ -219,12 +253,30 @@ def _rows_setup(grad_out, x, normalized_shape, weight, fname):
     return _check_grad(grad_out, x), x, shape, tuple(range(x.ndim - len(shape))), w
 
 
+@fill
 def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, *,
                         needs_input_grad=(True, True, True)):
     """Gradients of :func:`normfast.dask.layer_norm`: lazy ``(grad_x, grad_weight, grad_bias)``.
 
-    mean, rstd : (NumPy or Dask) of shape ``x.shape[:-len(normalized_shape)]`` as returned by
-    ``normfast.layer_norm(..., return_stats=True)``.  One task per chunk (module docstring).
+    One task per chunk of whole rows (module docstring).
+
+    Parameters
+    ----------
+    grad_out, x : dask.array.Array
+        The gradient of the output and the forward's input, of the same shape.
+    mean, rstd : NumPy or Dask arrays of shape ``x.shape[:-len(normalized_shape)]``
+        As returned by ``normfast.layer_norm(..., return_stats=True)``.
+    {normalized_shape}
+    weight : NumPy array of shape ``normalized_shape``, optional
+        The forward's weight (None: no parameter gradients).
+    {dask_bwd_tail}
+
+    {dask_examples}
+    >>> x = da.random.default_rng(0).normal(size=(6, 8), chunks=(3, 8))
+    >>> y, mean, rstd = nf.layer_norm(x.compute(), 8, return_stats=True)
+    >>> gx, gw, gb = nd.layer_norm_backward(da.ones_like(x), x, mean, rstd, 8, np.ones(8))
+    >>> np.allclose(gx.compute(), 0.0), gb.compute().tolist() == [6.0] * 8
+    (True, True)
     """
     dy, x, shape, lead, w = _rows_setup(grad_out, x, normalized_shape, weight, "layer_norm_backward")
     needs = tuple(bool(n) for n in needs_input_grad)
@@ -234,9 +286,34 @@ def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, 
                       needs=needs)
 
 
+@fill
 def rms_norm_backward(grad_out, x, rstd, normalized_shape, weight=None, *, needs_input_grad=(True, True)):
-    """Gradients of :func:`normfast.dask.rms_norm`: lazy ``(grad_x, grad_weight)``; rstd as
-    returned by ``normfast.rms_norm(..., return_stats=True)``."""
+    """Gradients of :func:`normfast.dask.rms_norm`: lazy ``(grad_x, grad_weight)``.
+
+    Parameters
+    ----------
+    grad_out, x : dask.array.Array
+        The gradient of the output and the forward's input, of the same shape.
+    rstd : NumPy or Dask array of shape ``x.shape[:-len(normalized_shape)]``
+        As returned by ``normfast.rms_norm(..., return_stats=True)``.
+    {normalized_shape}
+    weight : NumPy array of shape ``normalized_shape``, optional
+    needs_input_grad : (bool, bool), default (True, True)
+
+    Returns
+    -------
+    grad_x, grad_weight : dask.array.Array or None
+        Lazy; None when not requested (grad_weight also without a weight).
+
+    {dask_raises}
+
+    {dask_examples}
+    >>> x = da.from_array(np.arange(1.0, 9.0).reshape(2, 4), chunks=1)
+    >>> y, rstd = nf.rms_norm(x.compute(), 4, return_stats=True)
+    >>> gx, gw = nd.rms_norm_backward(da.zeros_like(x), x, rstd, 4)
+    >>> float(abs(gx).max().compute()), gw
+    (0.0, None)
+    """
     dy, x, shape, lead, w = _rows_setup(grad_out, x, normalized_shape, weight, "rms_norm_backward")
     needs = tuple(bool(n) for n in needs_input_grad)
     needs = (needs[0], needs[1] and w is not None)
@@ -253,14 +330,65 @@ def _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, rms, 
                       rms=rms, needs=needs)
 
 
+@fill
 def add_layer_norm_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight=None):
-    """Gradients of ``add_layer_norm`` on Dask arrays: lazy ``(grad_input, grad_weight, grad_bias)``
-    (``grad_h`` None or a Dask array of h's shape)."""
+    """Gradients of ``add_layer_norm`` on Dask arrays: lazy ``(grad_input, grad_weight, grad_bias)``.
+
+    Parameters
+    ----------
+    {grad_add}
+    mean, rstd : NumPy or Dask arrays
+        As returned by ``normfast.add_layer_norm(..., return_stats=True)``.
+    {normalized_shape}
+    weight : NumPy array, optional
+
+    Returns
+    -------
+    grad_input : dask.array.Array
+        Lazy; the gradient of both x and residual.
+    grad_weight, grad_bias : dask.array.Array or None
+        Lazy; None without a weight.
+
+    {dask_raises}
+
+    {dask_examples}
+    >>> h = da.random.default_rng(1).normal(size=(4, 8), chunks=2)
+    >>> y, _, mean, rstd = nf.add_layer_norm(h.compute(), np.zeros((4, 8)), 8, return_stats=True)
+    >>> gi, gw, gb = nd.add_layer_norm_backward(da.zeros_like(h), da.ones_like(h), h, mean, rstd, 8)
+    >>> np.allclose(gi.compute(), 1.0), gw
+    (True, None)
+    """
     return _add_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, False, "add_layer_norm_backward")
 
 
+@fill
 def add_rms_norm_backward(grad_y, grad_h, h, rstd, normalized_shape, weight=None):
-    """Gradients of ``add_rms_norm`` on Dask arrays: lazy ``(grad_input, grad_weight)``."""
+    """Gradients of ``add_rms_norm`` on Dask arrays: lazy ``(grad_input, grad_weight)``.
+
+    Parameters
+    ----------
+    {grad_add}
+    rstd : NumPy or Dask array
+        The forward's ``rstd`` (``normfast.add_rms_norm(..., return_stats=True)``).
+    {normalized_shape}
+    weight : NumPy array of shape ``normalized_shape``, optional
+
+    Returns
+    -------
+    grad_input : dask.array.Array
+        Lazy; the gradient of both x and residual.
+    grad_weight : dask.array.Array or None
+        Lazy; None without a weight.
+
+    {dask_raises}
+
+    {dask_examples}
+    >>> h = da.full((2, 4), 2.0, chunks=1)
+    >>> y, _, rstd = nf.add_rms_norm(np.ones((2, 4)), np.ones((2, 4)), 4, return_stats=True)
+    >>> gi, gw = nd.add_rms_norm_backward(da.ones_like(h), None, h, rstd, 4, np.ones(4))
+    >>> gi.shape, gw.compute().tolist()
+    ((2, 4), [2.0, 2.0, 2.0, 2.0])
+    """
     dx, dw, _ = _add_backward(grad_y, grad_h, h, None, rstd, normalized_shape, weight, True, "add_rms_norm_backward")
     return dx, dw
 
@@ -285,11 +413,32 @@ def _samples_setup(grad_out, x, weight, channel_axis, fname):
     return _check_grad(grad_out, x), x, C, channel_axis % x.ndim, w
 
 
+@fill
 def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight=None, *, channel_axis=1,
                         needs_input_grad=(True, True, True)):
-    """Gradients of :func:`normfast.dask.group_norm`: lazy ``(grad_x, grad_weight, grad_bias)``;
-    mean/rstd (N, G) as returned by ``normfast.group_norm(..., return_stats=True)``.  Every chunk
-    holds whole samples (x is rechunked to one chunk along every axis but 0)."""
+    """Gradients of :func:`normfast.dask.group_norm`: lazy ``(grad_x, grad_weight, grad_bias)``.
+
+    Every chunk holds whole samples (x is rechunked to one chunk along every axis but 0).
+
+    Parameters
+    ----------
+    grad_out, x : dask.array.Array
+        The gradient of the output and the forward's input, of the same shape.
+    mean, rstd : NumPy or Dask arrays of shape (N, num_groups)
+        As returned by ``normfast.group_norm(..., return_stats=True)``.
+    num_groups : int
+        Divides C.
+    weight : NumPy array of shape (C,), optional
+    {channel_axis}
+    {dask_bwd_tail}
+
+    {dask_examples}
+    >>> x = da.from_array(np.random.default_rng(0).normal(size=(4, 6, 5)), chunks=(2, 3, 5))
+    >>> y, mean, rstd = nf.group_norm(x.compute(), 3, return_stats=True)
+    >>> gx, _, _ = nd.group_norm_backward(da.ones_like(x), x, mean, rstd, 3)
+    >>> gx.chunks[1], np.allclose(gx.compute(), 0.0)
+    ((6,), True)
+    """
     dy, x, C, ca, w = _samples_setup(grad_out, x, weight, channel_axis, "group_norm_backward")
     G = check_int(num_groups, "num_groups", 1)
     if C % G:
@@ -301,10 +450,29 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight=None, *, cha
                       needs=needs)
 
 
+@fill
 def instance_norm_backward(grad_out, x, mean, rstd, weight=None, *, channel_axis=1,
                            needs_input_grad=(True, True, True)):
     """Gradients of :func:`normfast.dask.instance_norm` with input statistics: lazy
-    ``(grad_x, grad_weight, grad_bias)``; mean/rstd (N, C).  Whole samples per chunk."""
+    ``(grad_x, grad_weight, grad_bias)``.  Whole samples per chunk.
+
+    Parameters
+    ----------
+    grad_out, x : dask.array.Array
+        The gradient of the output and the forward's input, of the same shape.
+    mean, rstd : NumPy or Dask arrays of shape (N, C)
+        The input statistics (``normfast.instance_norm(..., return_stats=True)``).
+    weight : NumPy array of shape (C,), optional
+    {channel_axis}
+    {dask_bwd_tail}
+
+    {dask_examples}
+    >>> x = da.from_array(np.arange(40.0).reshape(2, 4, 5) ** 2, chunks=(1, 4, 5))
+    >>> y, mean, rstd = nf.instance_norm(x.compute(), return_stats=True)
+    >>> gx, gw, gb = nd.instance_norm_backward(da.ones_like(x), x, mean, rstd, np.ones(4))
+    >>> gb.compute().tolist()
+    [10.0, 10.0, 10.0, 10.0]
+    """
     dy, x, C, ca, w = _samples_setup(grad_out, x, weight, channel_axis, "instance_norm_backward")
     needs = tuple(bool(n) for n in needs_input_grad)
     needs = (needs[0], needs[1] and w is not None, needs[2] and w is not None)
@@ -342,14 +510,34 @@ def _row(sums, j, dtype):
     return sums[j].astype(dtype)
 
 
+@fill
 def batch_norm_backward(grad_out, x, mean, rstd, weight=None, training=True, *, channel_axis=1,
                         needs_input_grad=(True, True, True)):
     """Gradients of :func:`normfast.dask.batch_norm`: lazy ``(grad_x, grad_weight, grad_bias)``.
 
-    mean, rstd : (C,) NumPy arrays (the statistics the forward used).  A first read of
-    ``(grad_out, x)`` reduces the per-channel sums with normfast's kernel (float64, chunk
-    order), a second computes ``grad_x`` per chunk (not needed for ``training=False`` or when
-    only the parameter gradients are requested).  The channel axis is rechunked to one chunk.
+    A first read of ``(grad_out, x)`` reduces the per-channel sums with normfast's kernel
+    (float64, chunk order), a second computes ``grad_x`` per chunk (not needed for
+    ``training=False`` or when only the parameter gradients are requested).  The channel axis
+    is rechunked to one chunk.
+
+    Parameters
+    ----------
+    grad_out, x : dask.array.Array
+        The gradient of the output and the forward's input, of the same shape.
+    mean, rstd : NumPy arrays of shape (C,)
+        The statistics the forward used (``return_stats=True``).
+    weight : NumPy array of shape (C,), optional
+    training : bool, default True
+        False: the eval-mode gradient (the statistics are constants).
+    {channel_axis}
+    {dask_bwd_tail}
+
+    {dask_examples}
+    >>> x = da.from_array(np.random.default_rng(0).normal(size=(8, 3)), chunks=(4, 3))
+    >>> y, mean, rstd = nf.batch_norm(x.compute(), training=True, return_stats=True)
+    >>> gx, gw, gb = nd.batch_norm_backward(da.ones_like(x), x, mean, rstd, np.ones(3))
+    >>> np.allclose(gx.compute(), 0.0), gb.compute().tolist()
+    (True, [8.0, 8.0, 8.0])
     """
     x = _check_array(x, "batch_norm_backward")
     ca, _, C, _ = channel_dims(x, channel_axis, "batch_norm_backward")

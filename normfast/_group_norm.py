@@ -15,26 +15,23 @@ def sample_channel_dims(x, channel_axis, fname):
     return x.shape[0], _core.prod(x.shape[1:ca]), C, post
 
 
+@fill
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None, return_stats=False):
     """Group normalization (as ``torch.nn.functional.group_norm``).
 
     Parameters
     ----------
-    x : array of float16, float32 or float64, shape (N, C, *spatial) or channels-last
+    {x_channels}
     num_groups : int
         Divides C; statistics per (sample, group) over the group's channels and positions.
-    weight, bias : arrays of shape (C,), optional
-    eps : float, default 1e-5
-    channel_axis : int, default 1
-        1 for (N, C, ...), -1 for (N, ..., C) (no transposing copy).
-    out : array like x, optional
+    {weight_bias_C}
+    {eps}
+    {channel_axis}
+    {out_y}
     return_stats : bool, default False
         Also return ``mean`` and ``rstd`` (float64, shape (N, num_groups)).
 
-    Returns
-    -------
-    y : array of x's shape, dtype and type
-    mean, rstd : float64 arrays, only with ``return_stats``
+    {returns_y}
 
     Raises
     ------
@@ -89,18 +86,9 @@ def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight=None, *, cha
     mean, rstd : arrays of shape (N, num_groups)
         As returned with ``return_stats=True``.
     num_groups : int
+        As in the forward.
     {weight_bwd}
-    channel_axis : int, default 1
-    {needs_out}
-
-    Returns
-    -------
-    grad_x : array like x, or None
-    grad_weight, grad_bias : arrays of shape (C,), or None
-
-    Raises
-    ------
-    {raises_bwd}
+    {bwd_tail_C}
 
     Examples
     --------

@@ -3,33 +3,32 @@ import numpy as np
 
 from . import _core, _running
 from ._docs import fill
-from ._checks import check_float_array, check_out, check_param, check_separate
+from ._checks import check_float_array, check_param
 from ._group_norm import sample_channel_dims
 
 
+@fill
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
                   momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, return_stats=False):
     """Instance normalization (as ``torch.nn.functional.instance_norm``).
 
     Parameters
     ----------
-    x : array of float16, float32 or float64, shape (N, C, *spatial) or channels-last
+    {x_channels}
     running_mean, running_var : arrays of shape (C,), optional
         With ``use_input_stats``: updated in place with the batch average of the instance means and
         unbiased variances (torch's rule).  Without: used to normalize (required).
-    weight, bias : arrays of shape (C,), optional
+    {weight_bias_C}
     use_input_stats : bool, default True
-    momentum : float, default 0.1
-    eps : float, default 1e-5
-    channel_axis : int, default 1
-    out : array like x, optional
+        Normalize with each instance's statistics, else with the running ones.
+    {momentum}
+    {eps}
+    {channel_axis}
+    {out_y}
     return_stats : bool, default False
         Also return ``mean`` and ``rstd`` (float64, shape (N, C)).
 
-    Returns
-    -------
-    y : array of x's shape, dtype and type
-    mean, rstd : float64 arrays, only with ``return_stats``
+    {returns_y}
 
     Raises
     ------
@@ -45,11 +44,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     """
     x = check_float_array(x)
     N, pre, C, post = sample_channel_dims(x, channel_axis, "instance_norm")
-    w, b, eps, rm, rv = _running.check_channel_args(C, weight, bias, eps, momentum, running_mean, running_var,
-                                                    use_input_stats)
-    out = check_out(out, x.shape, x.dtype, x)
-    if use_input_stats:
-        check_separate("instance_norm", [("x", x)], [("out", out), ("running_mean", rm), ("running_var", rv)])
+    w, b, eps, rm, rv, out = _running.check_channel_call("instance_norm", x, C, weight, bias, eps, momentum,
+                                                         running_mean, running_var, use_input_stats, out)
     xk = _core.as_kernel_input(x)
     y = _core.target(out, xk)
     dims = (N, pre, C, post)
@@ -71,11 +67,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
             _running.update(rm, sum_mean / N, f)
             _running.update(rv, sum_var / N, f)
     else:
-        if rm is None or rv is None:
-            raise ValueError("running_mean and running_var must be given when use_input_stats=False")
         # statistics per channel only: the batch-norm plan (1, N*pre, C, post), nothing tiled
-        mean = _core.host(rm).astype(np.float64)
-        rstd = 1.0 / np.sqrt(_core.host(rv).astype(np.float64) + eps)
+        mean, rstd = _running.running_stats(rm, rv, eps, "use_input_stats")
         _core.apply_affine(xk, y, (1, N * pre, C, post), mean, rstd, w, b)
         if return_stats:
             mean, rstd = np.tile(mean, N), np.tile(rstd, N)
@@ -92,28 +85,18 @@ def instance_norm_backward(grad_out, x, mean, rstd, weight=None, *, channel_axis
     ----------
     {grad_out_x}
     mean, rstd : arrays of shape (N, C)
-        As returned with ``return_stats=True``.
+        The input statistics, as returned by ``instance_norm(x, return_stats=True)``.
     {weight_bwd}
-    channel_axis : int, default 1
-    {needs_out}
-
-    Returns
-    -------
-    grad_x : array like x, or None
-    grad_weight, grad_bias : arrays of shape (C,), or None
-
-    Raises
-    ------
-    {raises_bwd}
+    {bwd_tail_C}
 
     Examples
     --------
     >>> import numpy as np, normfast as nf
-    >>> x = np.random.default_rng(0).normal(size=(2, 3, 5))
+    >>> x = np.arange(30.0).reshape(2, 3, 5) ** 2
     >>> y, mean, rstd = nf.instance_norm(x, return_stats=True)
-    >>> gx, _, _ = nf.instance_norm_backward(np.ones_like(x), x, mean, rstd)
-    >>> np.allclose(gx, 0.0)
-    True
+    >>> gx, gw, gb = nf.instance_norm_backward(np.ones_like(x), x, mean, rstd, np.ones(3))
+    >>> np.allclose(gx, 0.0), gb.tolist()
+    (True, [10.0, 10.0, 10.0])
     """
     x = check_float_array(x)
     dy = _core.check_grad_out(grad_out, x)

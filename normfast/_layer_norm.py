@@ -26,6 +26,7 @@ def normalized_axes(x, normalized_shape, fname):
     return shape, tuple(range(x.ndim - k, x.ndim))
 
 
+@fill
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
     """Layer normalization over the trailing ``normalized_shape`` dimensions.
 
@@ -35,23 +36,15 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
 
     Parameters
     ----------
-    x : array of float16, float32 or float64, shape ``(..., *normalized_shape)``
-        Any array type the package takes (NumPy, torch, CuPy, Dask, Array API); any strides.
-    normalized_shape : int or sequence of int
-        The trailing dimensions normalized together.
-    weight, bias : array of shape ``normalized_shape``, optional
-        Elementwise affine (any float dtype; read as float64).
-    eps : float, default 1e-5
-        Added to the variance.
-    out : array like x, optional
-        Where to write y; may be x itself (in place).  Must not overlap x otherwise.
+    {x_rows}
+    {normalized_shape}
+    {weight_bias_rows}
+    {eps}
+    {out_y}
     return_stats : bool, default False
         Also return ``mean`` and ``rstd = 1 / sqrt(var + eps)`` (float64, shape ``x.shape[:-k]``).
 
-    Returns
-    -------
-    y : array of x's shape, dtype and type (``out`` when given)
-    mean, rstd : float64 arrays, only with ``return_stats``
+    {returns_y}
 
     Raises
     ------
@@ -92,17 +85,13 @@ def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, 
     {grad_out_x}
     mean, rstd : arrays
         As returned by ``layer_norm(..., return_stats=True)`` (any float dtype).
-    normalized_shape : int or sequence of int
-    {weight_bwd}
-    {needs_out}
+    {bwd_tail_rows}
 
     Returns
     -------
     grad_x : array like x, or None
     grad_weight, grad_bias : arrays of the weight's shape and dtype, or None
 
-    Raises
-    ------
     {raises_bwd}
 
     Examples
@@ -124,10 +113,4 @@ def layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight=None, 
     nx, nw, nb = _core.check_needs(needs_input_grad, 3, "layer_norm_backward")
     nw, nb = nw and w is not None, nb and w is not None
     out = _core.grad_target(out, x, dy, "layer_norm_backward")
-    M, N = _core.prod(lead), _core.prod(shape)
-    dx, dw, db = _core.rows_backward(dy, x, M, N, mean, rstd, None if w is None else w.reshape(-1), (nx, nw, nb),
-                                     out=out)
-    dx = _core.grad_finish(out, x, dx)
-    dw = None if dw is None else _core.grad_cast(dw.reshape(shape), x, weight)
-    db = None if db is None else _core.grad_cast(db.reshape(shape), x, weight)
-    return dx, dw, db
+    return _core.rows_grads(dy, x, shape, mean, rstd, w, weight, (nx, nw, nb), out)

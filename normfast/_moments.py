@@ -142,17 +142,61 @@ class Moments:
 
     @classmethod
     def from_array(cls, x, axis=0):
-        """Statistics of x over `axis`: any array type the public functions take (NumPy, torch
-        and other DLPack arrays, CuPy, Dask: computed now in one read of the chunks); the state
-        is on the host."""
+        """The state of ``x`` reduced over ``axis``.
+
+        Parameters
+        ----------
+        x : array of float16, float32 or float64
+            Any array type the public functions take (NumPy, torch and other DLPack arrays,
+            CuPy, Dask: computed now, in one read of the chunks).
+        axis : None, int or tuple of int, default 0
+            The reduced axes; the statistics have the shape of the others.
+
+        Returns
+        -------
+        Moments
+            On the host (float64 NumPy arrays).
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :func:`normfast.moments`.
+        """
         return moments_state(x, axis)
 
     def update(self, x, axis=0):
-        """Fold the batch ``x`` (reduced over ``axis``) into the state; returns self."""
+        """Fold the batch ``x`` in: ``self.merge(Moments.from_array(x, axis))``.
+
+        Parameters
+        ----------
+        x, axis
+            As :meth:`from_array`; the kept axes must match the state's shape.
+
+        Returns
+        -------
+        self
+        """
         return self.merge(Moments.from_array(x, axis))
 
     def merge(self, other):
-        """Chan's merge of ``other`` into self (in place); returns self."""
+        """Chan's merge of ``other`` into self, in place (unequal counts allowed).
+
+        Parameters
+        ----------
+        other : Moments
+            Statistics of the same shape (the empty ``Moments()`` merges with any).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        TypeError
+            ``other`` is not a Moments.
+        ValueError
+            States of different shapes.
+        """
         if not isinstance(other, Moments):
             raise TypeError(f"Moments.merge: other must be a Moments, got {type(other).__name__}")
         if self.mean.shape != other.mean.shape:
@@ -173,18 +217,55 @@ class Moments:
 
     @staticmethod
     def reduce(states):
-        """Merge a sequence of Moments in order into a new one."""
+        """Merge ``states`` in order into a new Moments (the inputs are not changed).
+
+        Parameters
+        ----------
+        states : iterable of Moments
+
+        Returns
+        -------
+        Moments
+            ``Moments()`` (count 0) for an empty iterable.
+        """
         r = Moments()
         for s in states:
             r.merge(s)
         return r
 
     def var(self, correction=0):
+        """Variance ``m2 / (count - correction)``; NaN where that count is not positive.
+
+        Parameters
+        ----------
+        correction : real >= 0, default 0
+            0: biased (population) variance, 1: unbiased.
+
+        Returns
+        -------
+        float64 array of the state's shape
+
+        Raises
+        ------
+        TypeError, ValueError
+            A correction that is not a real number >= 0.
+        """
         correction = check_correction(correction)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.count - correction > 0, self.m2 / (self.count - correction), np.nan)
 
     def std(self, correction=0):
+        """Standard deviation ``sqrt(var(correction))``.
+
+        Parameters
+        ----------
+        correction : real >= 0, default 0
+            As :meth:`var`.
+
+        Returns
+        -------
+        float64 array of the state's shape
+        """
         return np.sqrt(self.var(correction))
 
     def __reduce__(self):

@@ -7,6 +7,7 @@ from ._checks import check_eps, check_float_array, check_out, check_param
 from ._layer_norm import normalized_axes
 
 
+@fill
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
     """Root-mean-square normalization over the trailing ``normalized_shape`` dimensions.
 
@@ -14,13 +15,12 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_sta
 
     Parameters
     ----------
-    x : array of float16, float32 or float64, shape ``(..., *normalized_shape)``
-    normalized_shape : int or sequence of int
+    {x_rows}
+    {normalized_shape}
     weight : array of shape ``normalized_shape``, optional
-    eps : float, optional
-        None (default) uses the machine epsilon of x's dtype, as torch does.
-    out : array like x, optional
-        Where to write y; may be x itself.
+        Elementwise scale (any float dtype; read as float64).
+    {eps_rms}
+    {out_y}
     return_stats : bool, default False
         Also return ``rstd`` (float64, shape ``x.shape[:-k]``).
 
@@ -59,17 +59,13 @@ def rms_norm_backward(grad_out, x, rstd, normalized_shape, weight=None, *, needs
     {grad_out_x}
     rstd : array
         As returned by ``rms_norm(..., return_stats=True)``.
-    normalized_shape : int or sequence of int
-    {weight_bwd}
-    {needs_out}
+    {bwd_tail_rows}
 
     Returns
     -------
     grad_x : array like x, or None
     grad_weight : array of the weight's shape and dtype, or None
 
-    Raises
-    ------
     {raises_bwd}
 
     Examples
@@ -90,9 +86,5 @@ def rms_norm_backward(grad_out, x, rstd, normalized_shape, weight=None, *, needs
     nx, nw = _core.check_needs(needs_input_grad, 2, "rms_norm_backward")
     nw = nw and w is not None
     out = _core.grad_target(out, x, dy, "rms_norm_backward")
-    M, N = _core.prod(lead), _core.prod(shape)
-    dx, dw, _ = _core.rows_backward(dy, x, M, N, None, rstd, None if w is None else w.reshape(-1), (nx, nw, False),
-                                    out=out)
-    dx = _core.grad_finish(out, x, dx)
-    dw = None if dw is None else _core.grad_cast(dw.reshape(shape), x, weight)
+    dx, dw, _ = _core.rows_grads(dy, x, shape, None, rstd, w, weight, (nx, nw, False), out)
     return dx, dw

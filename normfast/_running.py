@@ -1,7 +1,7 @@
 """Running-statistics rules shared by batch_norm and instance_norm (torch semantics)."""
 import numpy as np
 
-from ._checks import check_buffer, check_momentum, check_writable
+from ._checks import check_buffer, check_momentum, check_out, check_separate, check_writable
 
 
 def check_channel_args(C, weight, bias, eps, momentum, running_mean, running_var, updates):
@@ -13,6 +13,28 @@ def check_channel_args(C, weight, bias, eps, momentum, running_mean, running_var
     check_momentum(momentum)
     rm, rv = check_running(running_mean, running_var, C, updates)
     return w, b, eps, rm, rv
+
+
+def check_channel_call(fname, x, C, weight, bias, eps, momentum, running_mean, running_var, updates, out,
+                       num_batches_tracked=None):
+    """The arguments of an in-memory batch_norm / instance_norm call: :func:`check_channel_args`,
+    then ``out`` (like x) and, when the call updates the running buffers, that nothing it writes
+    shares memory with x or with another written array.  Returns (w, b, eps, rm, rv, out)."""
+    w, b, eps, rm, rv = check_channel_args(C, weight, bias, eps, momentum, running_mean, running_var, updates)
+    out = check_out(out, x.shape, x.dtype, x)
+    if updates:
+        check_separate(fname, [("x", x)], [("out", out), ("running_mean", rm), ("running_var", rv),
+                                           ("num_batches_tracked", num_batches_tracked)])
+    return w, b, eps, rm, rv, out
+
+
+def running_stats(rm, rv, eps, flag):
+    """(mean, rstd) in float64 from the running buffers, for a call that normalizes with them
+    (``flag``: the argument that is False, named in the error when a buffer is missing)."""
+    if rm is None or rv is None:
+        raise ValueError(f"running_mean and running_var must be given when {flag}=False")
+    from ._core import host
+    return host(rm).astype(np.float64), 1.0 / np.sqrt(host(rv).astype(np.float64) + eps)
 
 
 def check_running(running_mean, running_var, C, training):

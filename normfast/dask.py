@@ -54,6 +54,7 @@ from dask.array.utils import asarray_safe
 from . import _core, _running
 from ._engine_cpu import CpuEngine
 from ._checks import FLOAT_DTYPES, check_eps, check_int, check_param, normalize_axes
+from ._docs import fill
 from ._batch_norm import channel_dims
 from ._layer_norm import normalized_axes
 from ._moments import Moments, _count_mean_m2
@@ -231,20 +232,42 @@ def _reduced_axes(x, axis):
     return tuple(range(x.ndim)) if axis is None else normalize_axes(axis, x.ndim)
 
 
+@fill
 def moments(x, axis=None, *, correction=0, keepdims=False, return_count=False, split_every=None):
     """Mean and variance of the Dask array ``x`` over ``axis``, reading ``x`` once.
 
-    Same contract as :func:`normfast.moments`: ``axis`` None (all), int or tuple of ints;
-    ``correction`` degrees of freedom (0: biased, 1: unbiased); returns lazy Dask arrays
-    ``(mean, var)`` (``(mean, var, count)`` with ``return_count``; ``count`` is a Python int
-    when the shape is known) in float64 for float64 input and float32 otherwise.
-    Accumulation and the merge of the chunks' partial states (Chan's formula in Dask's tree
-    reduction, ``split_every`` as in Dask's reductions) are float64, so the result equals the
-    in-memory ``normfast.moments`` to float64 rounding, for any chunking.
+    Same contract as :func:`normfast.moments`.  Accumulation and the merge of the chunks'
+    partial states (Chan's formula in Dask's tree reduction) are float64, so the result equals
+    the in-memory ``normfast.moments`` to float64 rounding, for any chunking.  ``mean`` and
+    ``var`` share one reduction: compute them together (``dask.compute(mean, var)``) to read
+    ``x`` once.  :func:`moments_state` returns the float64 :class:`normfast.Moments` itself.
 
-    ``mean`` and ``var`` share one reduction: compute them together
-    (``dask.compute(mean, var)``) to read ``x`` once.  :func:`moments_state` returns the
-    float64 :class:`normfast.Moments` itself.
+    Parameters
+    ----------
+    {dask_x}
+    axis : None, int or tuple of int, default None
+        The reduced axes (None: all).
+    correction : int >= 0, default 0
+        Degrees of freedom removed from the count (0: biased, 1: unbiased).
+    keepdims : bool, default False
+    return_count : bool, default False
+        Also return the number of values per statistic.
+    {split_every}
+
+    Returns
+    -------
+    mean, var : dask.array.Array
+        Lazy, of the kept axes' shape; float64 for float64 input, float32 otherwise.
+    count : int, only with ``return_count``
+        A Python int when the shape is known, else a lazy 0-d Dask array.
+
+    {dask_raises}
+
+    {dask_examples}
+    >>> x = da.from_array(np.arange(12.0).reshape(6, 2), chunks=(2, 2))
+    >>> mean, var = nd.moments(x, axis=0)
+    >>> [a.tolist() for a in dask.compute(mean, var)]
+    [[5.0, 6.0], [11.666666666666666, 11.666666666666666]]
     """
     x = _check_array(x, "moments")
     correction = check_int(correction, "correction", 0)
@@ -271,17 +294,38 @@ def _state_of(st, scalar):
     return Moments(st["count"], st["mean"], st["m2"])
 
 
+@fill
 def moments_state(x, axis=0, *, split_every=None, skipna=False, compute=True):
     """The float64 :class:`normfast.Moments` (count, mean, M2) of ``x`` over ``axis``.
 
-    The Dask counterpart of :meth:`normfast.Moments.from_array` (which takes in-memory
-    arrays).  ``compute=True`` (default): computed now, in one read of ``x``
-    (``dask.compute``), and returned as a ``Moments``.  ``compute=False``: a lazy
-    ``dask.delayed`` object that computes to that ``Moments`` (compute it together with
-    other results to share the read of ``x``).  The state merges with other states
-    (:meth:`~normfast.Moments.merge`, e.g. other datasets or shards) and pickles compactly.
-    ``count`` is broadcast to the statistics' shape.  ``skipna=True`` leaves NaN values out
-    (``count`` is then per position).
+    The Dask counterpart of :meth:`normfast.Moments.from_array`.  The state merges with other
+    states (:meth:`~normfast.Moments.merge`, e.g. other datasets or shards) and pickles
+    compactly.
+
+    Parameters
+    ----------
+    {dask_x}
+    axis : None, int or tuple of int, default 0
+        The reduced axes.
+    {split_every}
+    skipna : bool, default False
+        Leave NaN values out (``count`` is then per position).
+    compute : bool, default True
+        Compute now, in one read of ``x``; False: a lazy ``dask.delayed`` object (compute it
+        together with other results to share the read of ``x``).
+
+    Returns
+    -------
+    Moments or dask.delayed.Delayed
+        The state (``count`` broadcast to the statistics' shape), or a Delayed computing to it.
+
+    {dask_raises}
+
+    {dask_examples}
+    >>> x = da.from_array(np.array([[1.0, np.nan], [3.0, 4.0]]), chunks=1)
+    >>> m = nd.moments_state(x, skipna=True)
+    >>> m.count.tolist(), m.mean.tolist()
+    ([2.0, 1.0], [2.0, 4.0])
     """
     x = _check_array(x, "moments_state")
     axes = _reduced_axes(x, axis)
@@ -332,21 +376,37 @@ def _standardize_block(block, st, red_axes, eps, correction):
     return _apply(block, red_axes, st["mean"], rstd, np.zeros_like(rstd))
 
 
+@fill
 def standardize(x, axis=0, *, eps=0.0, correction=0, compute_stats=False, split_every=None):
     """Feature standardization ``(x - mean) / sqrt(var + eps)`` with statistics over ``axis``.
 
-    The Dask counterpart of ``(x - x.mean(axis)) / x.std(axis)``: ``axis`` (int or tuple) are
-    the reduced axes (``axis=0`` of an (n_samples, n_features) array standardizes every
-    feature).  Defaults ``eps=0.0`` and ``correction=0`` (biased variance, like
-    ``numpy.std``), so the result equals that expression; a constant feature then gives NaN
-    (0/0) as NumPy does -- pass ``eps > 0`` to avoid it.  ``correction=1`` uses the unbiased
-    variance.  With ``correction=0`` this is ``normfast.normalize(x, axis, eps=eps)`` on the
-    in-memory array.
+    The Dask counterpart of ``(x - x.mean(axis)) / x.std(axis)`` (``axis=0`` of an
+    (n_samples, n_features) array standardizes every feature); with ``correction=0`` it is
+    ``normfast.normalize(x, axis, eps=eps)`` on the in-memory array.  Statistics: one read of
+    ``x`` (:func:`moments`' reduction); then every chunk is normalized by normfast's kernel
+    (``blockwise``).
 
-    Statistics: one read of ``x`` (:func:`moments`' reduction); then every chunk is
-    normalized by normfast's kernel (``blockwise``).  Returns a lazy Dask array of x's
-    dtype and chunks.  ``compute_stats=True`` computes the statistics now (see the module
-    docstring: x is read twice but never held in memory, for larger-than-memory arrays).
+    Parameters
+    ----------
+    {dask_x}
+    axis : int or tuple of int, default 0
+        The reduced axes.
+    eps : float, default 0.0
+        Added to the variance; with 0 a constant feature gives NaN (0/0), as NumPy does.
+    correction : int >= 0, default 0
+        0: biased variance (like ``numpy.std``), 1: unbiased.
+    {dask_stats}
+
+    {dask_y}
+
+    {dask_raises}
+
+    {dask_examples}
+    >>> x = da.from_array(np.arange(12.0).reshape(6, 2), chunks=(2, 1))
+    >>> z = nd.standardize(x).compute()
+    >>> xn = x.compute()
+    >>> np.allclose(z, (xn - xn.mean(0)) / xn.std(0)), z.shape
+    (True, (6, 2))
     """
     x = _check_array(x, "standardize")
     if x.ndim == 0:
@@ -378,6 +438,7 @@ def _bn_stats_block(block, st, w, b, eps, ca):
     return _bn_block(block, st["mean"], var, w, b, eps, ca)
 
 
+@fill
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False, momentum=0.1,
                eps=1e-5, *, channel_axis=1, num_batches_tracked=None, compute_stats=False, split_every=None):
     """Batch normalization of a Dask array (as :func:`normfast.batch_norm`, channels on ``channel_axis``).
@@ -395,8 +456,32 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         ``x``); the returned graph then uses them as constants (x is read again when the
         result is computed).  ``compute_stats=True`` does the same without buffers.
 
-    weight, bias, running_mean, running_var : NumPy arrays of shape (C,).  Returns a lazy
-    Dask array of x's shape, dtype and chunks.
+    Parameters
+    ----------
+    {dask_x}
+    running_mean, running_var : NumPy arrays of shape (C,), optional
+        Updated in place when training (eagerly, see above); used to normalize otherwise.
+    {weight_bias_C}
+    training : bool, default False
+        Normalize with the batch statistics.
+    momentum : float in [0, 1] or None, default 0.1
+        As :func:`normfast.batch_norm`.
+    {eps}
+    {channel_axis}
+    num_batches_tracked : one-element integer NumPy array, optional
+        Incremented in place on every training call.
+    {dask_stats}
+
+    {dask_y}
+
+    {dask_raises}
+
+    {dask_examples}
+    >>> x = da.from_array(np.arange(24.0).reshape(6, 4), chunks=(2, 2))
+    >>> rm, rv = np.zeros(4), np.ones(4)
+    >>> y = nd.batch_norm(x, rm, rv, training=True, channel_axis=-1)     # rm, rv updated now
+    >>> rm.round(6).tolist(), np.allclose(y.mean(axis=0).compute(), 0.0)
+    ([1.0, 1.1, 1.2, 1.3], True)
     """
     x = _check_array(x, "batch_norm")
     ca, B, C, D = channel_dims(x, channel_axis, "batch_norm")
@@ -431,6 +516,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
                         eps=eps, ca=ca, dtype=x.dtype, meta=x._meta, token="normfast-batch_norm")
 
 
+@fill
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Layer normalization over the trailing ``normalized_shape`` dims (as :func:`normfast.layer_norm`).
 
@@ -439,7 +525,22 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     **If the normalized (trailing) axes are split across chunks, x is first rechunked to a
     single chunk along them** (``x.rechunk({axis: -1})``; the leading axes keep their
     chunks), so that every chunk holds whole rows -- chunk along the leading axes to avoid
-    that.  Returns a lazy Dask array of x's shape and dtype.
+    that.
+
+    Parameters
+    ----------
+    {dask_x}
+    {normalized_shape}
+    {weight_bias_rows}
+    {eps}
+
+    {dask_rows_y}
+
+    {dask_examples}
+    >>> x = da.random.default_rng(0).normal(size=(8, 16), chunks=(4, 8))
+    >>> y = nd.layer_norm(x, 16)
+    >>> y.chunks, np.allclose(y.compute(), nf.layer_norm(x.compute(), 16))
+    (((4, 4), (16,)), True)
     """
     x = _check_array(x, "layer_norm")
     shape, axes = normalized_axes(x, normalized_shape, "layer_norm")
@@ -482,16 +583,31 @@ def _gn_block(block, st, w, b, eps, ca):
     return _apply(block, red, mean, p, q)
 
 
+@fill
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, compute_stats=False,
                split_every=None):
     """Group normalization of a Dask array (as :func:`normfast.group_norm`).
 
-    x : (N, C, *spatial) with ``channel_axis=1`` or (N, *spatial, C) with ``channel_axis=-1``,
-    chunked in any way.  Per-(sample, channel) states are reduced over the spatial axes
-    (one read of x), merged per group of C/num_groups channels (Chan's formula, on the small
-    (N, C) states), and every chunk is normalized with its groups' statistics by normfast's
-    apply kernel.  Returns a lazy Dask array of x's shape, dtype and chunks;
-    ``compute_stats=True`` computes the statistics now (see the module docstring).
+    Per-(sample, channel) states are reduced over the spatial axes (one read of x, chunked in
+    any way), merged per group of C/num_groups channels (Chan's formula, on the small (N, C)
+    states), and every chunk is normalized with its groups' statistics by normfast's apply
+    kernel.
+
+    Parameters
+    ----------
+    x : dask.array.Array, (N, C, *spatial) or (N, *spatial, C) with ``channel_axis=-1``
+        float16, float32 or float64, any chunking.
+    num_groups : int
+        Divides C.
+    {weight_bias_C}
+    {eps}
+    {dask_tail_C}
+
+    {dask_examples}
+    >>> x = da.from_array(np.random.default_rng(0).normal(size=(2, 4, 6)), chunks=(1, 2, 3))
+    >>> y = nd.group_norm(x, 2)
+    >>> np.allclose(y.compute(), nf.group_norm(x.compute(), 2))
+    True
     """
     x = _check_array(x, "group_norm")
     ca, _, C, _ = channel_dims(x, channel_axis, "group_norm")
@@ -532,15 +648,41 @@ def _affine_block(block, st, w, b, red_axes, eps):
     return y if isinstance(block, np.ndarray) else _like(y, block)
 
 
+@fill
 def normalize(x, axis=-1, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False, compute_stats=False,
               split_every=None):
     """``normfast.normalize`` for Dask arrays: ``(x - mean) / sqrt(var + eps) * weight + bias``
     over ``axis`` (biased variance), lazy.
 
-    weight, bias : optional NumPy arrays of shape ``x.shape[axis]`` (the normalized axes, in
-    increasing axis order), applied in float64 on every chunk (chunked like x's normalized
-    axes).  Statistics: one read of x (:func:`moments`' reduction).  ``out=`` and
-    ``return_stats`` are not supported on Dask arrays.
+    Statistics: one read of x (:func:`moments`' reduction); then every chunk is normalized,
+    the affine applied in float64.
+
+    Parameters
+    ----------
+    {dask_x}
+    axis : int or tuple of int, default -1
+        The normalized axes.
+    weight, bias : NumPy arrays of shape ``x.shape[axis]``, optional
+        The normalized axes' shape, in increasing axis order.
+    {eps}
+    out, return_stats
+        Not supported on Dask arrays (must be None / False).
+    {dask_stats}
+
+    {dask_y}
+
+    Raises
+    ------
+    TypeError
+        ``out`` or ``return_stats`` given, a non-floating x.
+    ValueError
+        Axes out of range, parameters of the wrong shape, a bad eps.
+
+    {dask_examples}
+    >>> x = da.from_array(np.arange(12.0).reshape(3, 4), chunks=2)
+    >>> y = nd.normalize(x, axis=0, weight=np.full(3, 2.0), eps=0.0)
+    >>> np.allclose(y.compute(), nf.normalize(x.compute(), axis=0, weight=np.full(3, 2.0), eps=0.0))
+    True
     """
     if out is not None or return_stats:
         raise TypeError("normalize on a Dask array supports no out or return_stats")

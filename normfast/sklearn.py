@@ -206,15 +206,32 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : (n_samples, n_features) array-like, DataFrame, sparse matrix (``with_mean=False``)
-            or 2-d Dask array.
-        y : ignored.
-        sample_weight : (n_samples,) array-like or None
+        X : array-like of shape (n_samples, n_features)
+            Array, DataFrame, sparse matrix (``with_mean=False``) or 2-d Dask array.
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,), optional
             Weights of the samples (not with Dask input).
 
         Returns
         -------
-        self
+        self : StandardScaler
+            The fitted estimator.
+
+        Raises
+        ------
+        ValueError
+            Infinite values, sparse input with ``with_mean=True``, a parameter that is not a bool.
+        NotImplementedError
+            ``sample_weight`` with Dask input.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from normfast.sklearn import StandardScaler
+        >>> s = StandardScaler().fit(np.array([[1.0, 10.0], [3.0, 30.0]]))
+        >>> s.mean_.tolist(), s.scale_.tolist()
+        ([2.0, 20.0], [1.0, 10.0])
         """
         self._reset()
         return self.partial_fit(X, y, sample_weight)
@@ -222,8 +239,30 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def partial_fit(self, X, y=None, sample_weight=None):
         """Fold the batch ``X`` into the statistics (Chan's merge with the previous batches).
 
-        Same parameters as :meth:`fit`; returns self.  The result equals ``fit`` on all the
-        batches stacked, to float64 rounding.
+        The result equals ``fit`` on all the batches stacked, to float64 rounding.
+
+        Parameters
+        ----------
+        X, y, sample_weight
+            As :meth:`fit`; ``X`` has the features of the previous batches.
+
+        Returns
+        -------
+        self : StandardScaler
+            The updated estimator.
+
+        Raises
+        ------
+        ValueError, NotImplementedError
+            As :meth:`fit`, and a batch with another number of features.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from normfast.sklearn import StandardScaler
+        >>> s = StandardScaler().partial_fit(np.zeros((2, 1))).partial_fit(np.full((2, 1), 4.0))
+        >>> s.mean_.tolist(), s.var_.tolist(), int(s.n_samples_seen_)
+        ([2.0], [4.0], 4)
         """
         self._check_params()
         first = not hasattr(self, "n_samples_seen_")
@@ -318,18 +357,59 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : (n_samples, n_features) array-like, DataFrame, sparse (``with_mean=False``) or Dask array.
-        copy : bool or None (``self.copy``).  False scales a float NumPy ``X`` in place.
+        X : array-like of shape (n_samples, n_features)
+            Array, DataFrame, sparse matrix (``with_mean=False``) or 2-d Dask array.
+        copy : bool, optional
+            None: ``self.copy``.  False scales a float NumPy ``X`` in place.
 
         Returns
         -------
-        X_tr : array of X's float dtype (a lazy Dask array for Dask input).
+        X_tr : array of X's shape and float dtype
+            A lazy Dask array for Dask input.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before :meth:`fit`.
+        ValueError
+            Another number of features than fitted, sparse input with ``with_mean=True``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from normfast.sklearn import StandardScaler
+        >>> s = StandardScaler().fit(np.array([[0.0], [2.0]]))
+        >>> s.transform(np.array([[4.0]])).tolist()
+        [[3.0]]
         """
         check_is_fitted(self)
         return self._affine(X, copy, inverse=False)
 
     def inverse_transform(self, X, copy=None):
-        """Undo :meth:`transform`: ``X * scale_ + mean_``; same parameters and return."""
+        """Undo :meth:`transform`: ``X * scale_ + mean_``.
+
+        Parameters
+        ----------
+        X, copy
+            As :meth:`transform`.
+
+        Returns
+        -------
+        X_orig : array like the output of :meth:`transform`
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError, ValueError
+            As :meth:`transform`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from normfast.sklearn import StandardScaler
+        >>> s = StandardScaler().fit(np.array([[0.0], [2.0]]))
+        >>> s.inverse_transform(s.transform(np.array([[4.0]]))).tolist()
+        [[4.0]]
+        """
         check_is_fitted(self)
         return self._affine(X, copy, inverse=True)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import random
 import sys
 import time
@@ -13,7 +12,7 @@ import numpy as np
 from ._cases import ALL_OPS, plan_cases
 from ._env import Env, format_header, header_info
 from ._references import EPS, RMS_EPS
-from ._report import FOOTNOTES, format_table, write_plot
+from ._report import FOOTNOTES, format_table, show, write_json, write_plot
 from ._timing import run_case
 
 
@@ -187,9 +186,7 @@ def _run(args, env, threads):
         progress.close()
     elapsed = time.perf_counter() - t0
     print()
-    print(format_table(rows))
-    print()
-    print(FOOTNOTES)
+    show(format_table(rows), FOOTNOTES)
     print(f"({len(plan)} cases in {elapsed:.1f} s; reps {reps[0]}..{reps[1]} per backend)")
 
     if args.json:
@@ -207,9 +204,7 @@ def _run(args, env, threads):
                    "max_abs_err": "max |backend - plain NumPy float64 reference| over the primary outputs",
                    "torch_backward": "torch.autograd.grad on a precomputed forward graph (backward only)"},
                "results": rows}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1, default=float)
-        print(f"results written to {args.json}")
+        write_json(args.json, doc)
     if args.plot:
         if write_plot(rows, args.plot):
             print(f"plot written to {args.plot}")

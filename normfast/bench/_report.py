@@ -1,6 +1,7 @@
 """The report: table, footnotes, plot."""
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -29,6 +30,22 @@ def _fmt_err(e):
     if not math.isfinite(e):
         return "NaN/inf"
     return f"{e:.1e}"
+
+
+def show(table, footnotes):
+    """Print a scenario's table and its footnotes."""
+    print(table)
+    print()
+    print(footnotes)
+
+
+def write_json(path, doc):
+    """Write a scenario's results document ``doc`` to ``path`` as JSON (nothing when path is None)."""
+    if not path:
+        return
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1, default=float)
+    print(f"results written to {path}")
 
 
 def format_table(rows):

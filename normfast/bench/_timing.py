@@ -1,6 +1,7 @@
 """Interleaved timing of the peers of a case, the copy roofline, accuracy against the reference."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
@@ -25,6 +26,18 @@ def median_times(fns, reps):
 # --------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def no_gc():
+    """The garbage collector off inside (no collection pauses in the timed repetitions), as it was after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _sample(fn, number, sync):
@@ -62,9 +75,7 @@ def measure(peers, min_reps, max_reps, budget_s, rng, min_sample_s=2e-3, failure
         except Exception as e:
             failures[name] = e
     active = list(times)
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with no_gc():
         while active:
             order = active[:]
             rng.shuffle(order)
@@ -76,9 +87,6 @@ def measure(peers, min_reps, max_reps, budget_s, rng, min_sample_s=2e-3, failure
                     failures[name] = e
             active = [n for n in active if n not in failures and len(times[n]) < max_reps
                       and not (len(times[n]) >= min_reps and sum(times[n]) * number[n] >= budget_s)]
-    finally:
-        if gc_was:
-            gc.enable()
     return {n: (t, number[n]) for n, t in times.items() if n not in failures}
 
 

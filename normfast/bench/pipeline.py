@@ -27,13 +27,13 @@ against a per-column long-double two-pass reference (scikit-learn case) or float
 on each contiguous column (Dask case, float32 data); for the transforms, the max absolute
 error of the standardized values, in units of the standard deviation.
 """
-import json
 import sys
 import threading
 
 import numpy as np
 
 import normfast
+from ._report import show, write_json
 from ._timing import median_times
 
 #: Default sizes of the two cases (the issue's); --quick divides the rows by 20.
@@ -229,11 +229,6 @@ def run(args):
         print("(dask or scikit-learn is not installed: Dask case skipped)", file=sys.stderr)
     if not rows:
         return 2
-    print(format_table(rows))
-    print()
-    print(FOOTNOTES)
-    if getattr(args, "json", None):
-        with open(args.json, "w") as f:
-            json.dump({"scenario": "pipeline", "reps": reps, "results": rows}, f, indent=1, default=float)
-        print(f"results written to {args.json}")
+    show(format_table(rows), FOOTNOTES)
+    write_json(getattr(args, "json", None), {"scenario": "pipeline", "reps": reps, "results": rows})
     return 0

@@ -47,8 +47,6 @@ on their own if this process dies).
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import math
 import multiprocessing
 import os
@@ -60,6 +58,8 @@ import traceback
 import numpy as np
 
 from .. import bench as nb
+from ._report import show, write_json
+from ._timing import no_gc
 
 EPS = nb.EPS
 RMS_EPS = nb.RMS_EPS
@@ -434,9 +434,7 @@ def measure(peers, plan, rng):
     spent = dict.fromkeys(names, 0)
     cap_ns = 2e9 * plan["target_s"] * max(1, len(names))
     reps, t0 = 0, time.perf_counter_ns()
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with no_gc():
         while names:
             order = names[:]
             rng.shuffle(order)
@@ -454,9 +452,6 @@ def measure(peers, plan, rng):
                     min((spent[n] for n in names), default=0) >= 1e9 * plan["target_s"]
                     or time.perf_counter_ns() - t0 >= cap_ns):
                 break
-    finally:
-        if gc_was:
-            gc.enable()
     times = {n: np.concatenate(c) for n, c in chunks.items() if n not in failures and c}
     return times, block, reps, failures
 
@@ -729,9 +724,7 @@ def _run(args, env, ops):
             rows.extend(run_case(env, op, shape, plan, rng, pyrng, args.verbose))
     elapsed = time.perf_counter() - t0
     print()
-    print(format_table(rows))
-    print()
-    print(FOOTNOTES)
+    show(format_table(rows), FOOTNOTES)
     if args.markdown:
         print()
         print(format_markdown(rows))
@@ -754,9 +747,7 @@ def _run(args, env, ops):
                    "p50_vs_torch": "p50 / torch eager p50", "p50_vs_onnxruntime": "p50 / ONNX Runtime p50",
                    "max_abs_err": "max |y - float64 reference| of the first call"},
                "results": rows}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1, default=float)
-        print(f"results written to {args.json}")
+        write_json(args.json, doc)
     return 0
 
 

@@ -21,12 +21,12 @@ backward reads x and grad_out and writes grad_x (3): forward + backward = 5, bac
 normfast time.  ``max err``: max |grad_x - float64 reference| (torch.autograd in float64 on the
 same inputs), relative to max |reference|.
 """
-import json
 import sys
 
 import numpy as np
 
 import normfast as nf
+from ._report import show, write_json
 from ._timing import median_times
 
 #: (op, layout, NCHW-style logical shape, groups); LayerNorm/RMSNorm shapes are (rows, width).
@@ -246,11 +246,6 @@ def run(args):
     if not rows:
         return 2
     print(f"normfast {nf.__version__}, {nf.get_num_threads()} threads, float32, medians of {reps} interleaved runs")
-    print(format_table(rows))
-    print()
-    print(FOOTNOTES)
-    if getattr(args, "json", None):
-        with open(args.json, "w") as f:
-            json.dump({"scenario": "training", "reps": reps, "results": rows}, f, indent=1, default=float)
-        print(f"results written to {args.json}")
+    show(format_table(rows), FOOTNOTES)
+    write_json(getattr(args, "json", None), {"scenario": "training", "reps": reps, "results": rows})
     return 0

@@ -263,24 +263,36 @@ def normalize_backward(grad_out, x, mean, rstd, axis, weight, output_mask):
 
 
 # ------------------------------------------------------------- channel-wise ops
-def batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
+def _with_buffers(op, x, weight, bias, running_mean, running_var, flag, momentum, eps):
+    """batch_norm / instance_norm (``op``, with its training flag) on x's channel layout; the
+    running buffers are updated in place."""
     xl, ca = channel_layout(x)
     rm, rv = _Buffer(running_mean), _Buffer(running_var)
-    y, mean, rstd = _batch_norm.batch_norm(_np(xl), rm.a, rv.a, _np(weight), _np(bias), training, momentum, eps,
-                                           channel_axis=ca, return_stats=True)
+    y, mean, rstd = op(_np(xl), rm.a, rv.a, _np(weight), _np(bias), flag, momentum, eps, channel_axis=ca,
+                       return_stats=True)
     rm.write_back()
     rv.write_back()
     return _from_channel_layout(y, ca, x.dtype), _stat(mean), _stat(rstd)
 
 
-def batch_norm_backward(grad_out, x, mean, rstd, weight, training, output_mask):
+def _channel_grads(backward, grad_out, x, weight, output_mask, *args):
+    """A channel-wise NumPy backward on x's channel layout: ``backward(grad_out, x, *args,
+    channel_axis=, needs_input_grad=)``, its gradients back as tensors (empty where not computed)."""
     xl, ca = channel_layout(x)
     gl = grad_out.movedim(1, -1).contiguous() if ca == -1 else grad_out.contiguous()
-    gx, gw, gb = _batch_norm.batch_norm_backward(_np(gl), _np(xl), _np(mean), _np(rstd), _np(weight),
-                                                 training, channel_axis=ca, needs_input_grad=tuple(output_mask))
+    gx, gw, gb = backward(_np(gl), _np(xl), *args, channel_axis=ca, needs_input_grad=tuple(output_mask))
     pd = _pdtype(weight, x)
     gx = _opt_back(None, x.dtype) if gx is None else _from_channel_layout(gx, ca, x.dtype)
     return gx, _opt_back(gw, pd), _opt_back(gb, pd)
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    return _with_buffers(_batch_norm.batch_norm, x, weight, bias, running_mean, running_var, training, momentum, eps)
+
+
+def batch_norm_backward(grad_out, x, mean, rstd, weight, training, output_mask):
+    return _channel_grads(_batch_norm.batch_norm_backward, grad_out, x, weight, output_mask, _np(mean), _np(rstd),
+                          _np(weight), training)
 
 
 def group_norm(x, num_groups, weight, bias, eps):
@@ -291,36 +303,19 @@ def group_norm(x, num_groups, weight, bias, eps):
 
 
 def group_norm_backward(grad_out, x, mean, rstd, num_groups, weight, output_mask):
-    xl, ca = channel_layout(x)
-    gl = grad_out.movedim(1, -1).contiguous() if ca == -1 else grad_out.contiguous()
-    gx, gw, gb = _group_norm.group_norm_backward(_np(gl), _np(xl), _np(mean), _np(rstd), num_groups,
-                                                 _np(weight), channel_axis=ca, needs_input_grad=tuple(output_mask))
-    pd = _pdtype(weight, x)
-    gx = _opt_back(None, x.dtype) if gx is None else _from_channel_layout(gx, ca, x.dtype)
-    return gx, _opt_back(gw, pd), _opt_back(gb, pd)
+    return _channel_grads(_group_norm.group_norm_backward, grad_out, x, weight, output_mask, _np(mean), _np(rstd),
+                          num_groups, _np(weight))
 
 
 def instance_norm(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
-    xl, ca = channel_layout(x)
-    rm, rv = _Buffer(running_mean), _Buffer(running_var)
-    y, mean, rstd = _instance_norm.instance_norm(_np(xl), rm.a, rv.a, _np(weight), _np(bias), use_input_stats,
-                                                 momentum, eps, channel_axis=ca, return_stats=True)
-    rm.write_back()
-    rv.write_back()
-    return _from_channel_layout(y, ca, x.dtype), _stat(mean), _stat(rstd)
+    return _with_buffers(_instance_norm.instance_norm, x, weight, bias, running_mean, running_var, use_input_stats,
+                         momentum, eps)
 
 
 def instance_norm_backward(grad_out, x, mean, rstd, weight, use_input_stats, output_mask):
-    xl, ca = channel_layout(x)
-    gl = grad_out.movedim(1, -1).contiguous() if ca == -1 else grad_out.contiguous()
     if use_input_stats:
-        gx, gw, gb = _instance_norm.instance_norm_backward(
-            _np(gl), _np(xl), _np(mean), _np(rstd), _np(weight), channel_axis=ca,
-            needs_input_grad=tuple(output_mask))
-    else:   # running statistics are constants: the eval-mode batch-norm gradient, per channel
-        gx, gw, gb = _batch_norm.batch_norm_backward(
-            _np(gl), _np(xl), _np(mean)[0], _np(rstd)[0], _np(weight), False, channel_axis=ca,
-            needs_input_grad=tuple(output_mask))
-    pd = _pdtype(weight, x)
-    gx = _opt_back(None, x.dtype) if gx is None else _from_channel_layout(gx, ca, x.dtype)
-    return gx, _opt_back(gw, pd), _opt_back(gb, pd)
+        return _channel_grads(_instance_norm.instance_norm_backward, grad_out, x, weight, output_mask, _np(mean),
+                              _np(rstd), _np(weight))
+    # running statistics are constants: the eval-mode batch-norm gradient, per channel
+    return _channel_grads(_batch_norm.batch_norm_backward, grad_out, x, weight, output_mask, _np(mean)[0],
+                          _np(rstd)[0], _np(weight), False)

@@ -10,6 +10,7 @@ kernel): ``EAGER[name]`` is a ``torch.autograd.Function`` with the same forward 
 ``_impl`` function), the same saved tensors and the same backward formula, which calls the
 ``_impl`` backward directly instead of the registered backward op.
 """
+import inspect
 from typing import List, Optional, Tuple
 
 import torch
@@ -23,10 +24,15 @@ OPS = {}            # name -> registered op
 EAGER = {}          # name -> autograd.Function with the same forward/backward
 
 
-def _op(name, mutates_args=()):
+def _op(fake):
+    """Decorator: register ``fn`` as the op ``normfast::<fn's name>`` with the fake (meta)
+    implementation ``fake``, called with the op's arguments by name (it takes the ones it
+    needs and ``**_``)."""
     def deco(fn):
-        op = torch.library.custom_op(f"{NS}::{name}", fn, mutates_args=mutates_args)
-        OPS[name] = op
+        op = torch.library.custom_op(f"{NS}::{fn.__name__}", fn, mutates_args=())
+        sig = inspect.signature(fn)
+        op.register_fake(lambda *args, **kwargs: fake(**sig.bind(*args, **kwargs).arguments))
+        OPS[fn.__name__] = op
         return op
     return deco
 
@@ -43,66 +49,121 @@ def _pd(w, x):
     return x.dtype if w is None else w.dtype
 
 
+# ------------------------------------------------------------------ fakes
+def _or_empty(buf, like):
+    return like.new_empty((0,)) if buf is None else buf
+
+
+def _y(x):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _kept_shape(x, axis):
+    _, kept = _impl.normalize_axes(axis, x.dim())
+    return tuple(x.shape[d] for d in kept)
+
+
+def _rows_fake(x, normalized_shape, **_):
+    lead = _lead(x, len(normalized_shape))
+    return _y(x), _impl.f64(lead, x), _impl.f64(lead, x)
+
+
+def _rms_fake(x, normalized_shape, **_):
+    return _y(x), _impl.f64(_lead(x, len(normalized_shape)), x)
+
+
+def _add_rows_fake(x, normalized_shape, **_):
+    return (_y(x),) + _rows_fake(x, normalized_shape)
+
+
+def _add_rms_fake(x, normalized_shape, **_):
+    return (_y(x),) + _rms_fake(x, normalized_shape)
+
+
+def _normalize_fake(x, axis, **_):
+    shape = _kept_shape(x, axis)
+    return _y(x), _impl.f64(shape, x), _impl.f64(shape, x)
+
+
+def _channels_fake(x, stats_shape):
+    """y with x's layout (channels_last stays) and two float64 statistics."""
+    xl, ca = _impl.channel_layout(x)
+    return _impl.layout_like(xl, ca), _impl.f64(stats_shape, x), _impl.f64(stats_shape, x)
+
+
+def _buffers_fake(running_mean, running_var, x):
+    """The updated running buffers batch_norm / instance_norm return (empty when not given)."""
+    return (_or_empty(None if running_mean is None else torch.empty_like(running_mean), x),
+            _or_empty(None if running_var is None else torch.empty_like(running_var), x))
+
+
+def _batch_norm_fake(x, running_mean, running_var, **_):
+    return _channels_fake(x, (x.shape[1],)) + _buffers_fake(running_mean, running_var, x)
+
+
+def _instance_norm_fake(x, running_mean, running_var, **_):
+    return _channels_fake(x, (x.shape[0], x.shape[1])) + _buffers_fake(running_mean, running_var, x)
+
+
+def _group_norm_fake(x, num_groups, **_):
+    return _channels_fake(x, (x.shape[0], num_groups))
+
+
+def _param_grads_fake(x, shape, weight, needs):
+    """grad_weight (and grad_bias): the weight's dtype, empty where not needed or without a weight."""
+    return tuple(_grad_or_empty(n and weight is not None, shape, x, _pd(weight, x)) for n in needs)
+
+
+def _rows_grads_fake(x, normalized_shape, weight, output_mask, **_):
+    """layer_norm_backward's (and, with a 2-entry mask, rms_norm_backward's) gradients."""
+    gx = _grad_or_empty(output_mask[0], x.shape, x, x.dtype)
+    return (gx,) + _param_grads_fake(x, normalized_shape, weight, output_mask[1:])
+
+
+def _add_grads_fake(h, normalized_shape, weight, rms, **_):
+    return (_y(h),) + _param_grads_fake(h, normalized_shape, weight, (True, not rms))
+
+
+def _normalize_grads_fake(x, axis, weight, output_mask, **_):
+    axes, _ = _impl.normalize_axes(axis, x.dim())
+    return _rows_grads_fake(x, [x.shape[a] for a in axes], weight, output_mask)
+
+
+def _channel_grads_fake(x, weight, output_mask, **_):
+    xl, ca = _impl.channel_layout(x)
+    gx = _impl.layout_like(xl, ca, x.dtype) if output_mask[0] else x.new_empty((0,))
+    return (gx,) + _param_grads_fake(x, (x.shape[1],), weight, output_mask[1:])
+
+
 # ------------------------------------------------------------------ forward ops
-@_op("layer_norm")
+@_op(_rows_fake)
 def layer_norm(x: Tensor, normalized_shape: List[int], weight: Optional[Tensor], bias: Optional[Tensor],
                eps: float) -> Tuple[Tensor, Tensor, Tensor]:
     return _impl.layer_norm(x, normalized_shape, weight, bias, eps)
 
 
-@layer_norm.register_fake
-def _(x, normalized_shape, weight, bias, eps):
-    lead = _lead(x, len(normalized_shape))
-    return torch.empty_like(x, memory_format=torch.contiguous_format), _impl.f64(lead, x), _impl.f64(lead, x)
-
-
-@_op("rms_norm")
+@_op(_rms_fake)
 def rms_norm(x: Tensor, normalized_shape: List[int], weight: Optional[Tensor],
              eps: Optional[float]) -> Tuple[Tensor, Tensor]:
     return _impl.rms_norm(x, normalized_shape, weight, eps)
 
 
-@rms_norm.register_fake
-def _(x, normalized_shape, weight, eps):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), _impl.f64(_lead(x, len(normalized_shape)), x)
-
-
-@_op("add_layer_norm")
+@_op(_add_rows_fake)
 def add_layer_norm(x: Tensor, residual: Tensor, normalized_shape: List[int], weight: Optional[Tensor],
                    bias: Optional[Tensor], eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     return _impl.add_layer_norm(x, residual, normalized_shape, weight, bias, eps)
 
 
-@add_layer_norm.register_fake
-def _(x, residual, normalized_shape, weight, bias, eps):
-    lead = _lead(x, len(normalized_shape))
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    return y, torch.empty_like(y), _impl.f64(lead, x), _impl.f64(lead, x)
-
-
-@_op("add_rms_norm")
+@_op(_add_rms_fake)
 def add_rms_norm(x: Tensor, residual: Tensor, normalized_shape: List[int], weight: Optional[Tensor],
                  eps: Optional[float]) -> Tuple[Tensor, Tensor, Tensor]:
     return _impl.add_rms_norm(x, residual, normalized_shape, weight, eps)
 
 
-@add_rms_norm.register_fake
-def _(x, residual, normalized_shape, weight, eps):
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    return y, torch.empty_like(y), _impl.f64(_lead(x, len(normalized_shape)), x)
-
-
-@_op("normalize")
+@_op(_normalize_fake)
 def normalize(x: Tensor, axis: List[int], weight: Optional[Tensor], bias: Optional[Tensor],
               eps: float) -> Tuple[Tensor, Tensor, Tensor]:
     return _impl.normalize(x, axis, weight, bias, eps)
-
-
-@normalize.register_fake
-def _(x, axis, weight, bias, eps):
-    _, kept = _impl.normalize_axes(axis, x.dim())
-    shape = tuple(x.shape[d] for d in kept)
-    return torch.empty_like(x, memory_format=torch.contiguous_format), _impl.f64(shape, x), _impl.f64(shape, x)
 
 
 def _updated(buf):
@@ -110,162 +171,80 @@ def _updated(buf):
     return None if buf is None else buf.clone()
 
 
-def _or_empty(buf, like):
-    return like.new_empty((0,)) if buf is None else buf
-
-
-def _buffers_fake(running_mean, running_var, x):
-    return (_or_empty(None if running_mean is None else torch.empty_like(running_mean), x),
-            _or_empty(None if running_var is None else torch.empty_like(running_var), x))
+def _with_buffers(impl, x, weight, bias, running_mean, running_var, flag, momentum, eps):
+    """batch_norm / instance_norm (``impl``) as a functional op: the running buffers are updated
+    on copies, which are returned (empty tensors when none are given)."""
+    rm, rv = _updated(running_mean), _updated(running_var)
+    y, mean, rstd = impl(x, weight, bias, rm, rv, flag, momentum, eps)
+    return y, mean, rstd, _or_empty(rm, x), _or_empty(rv, x)
 
 
 # Ops with registered gradients must be functional: batch_norm and instance_norm return the
 # updated running statistics (empty tensors when none are given); the callers copy them
 # into the module's buffers, which torch.compile / torch.export record as buffer mutations.
-@_op("batch_norm")
+@_op(_batch_norm_fake)
 def batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
                running_var: Optional[Tensor], training: bool, momentum: float,
                eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    rm, rv = _updated(running_mean), _updated(running_var)
-    y, mean, rstd = _impl.batch_norm(x, weight, bias, rm, rv, training, momentum, eps)
-    return y, mean, rstd, _or_empty(rm, x), _or_empty(rv, x)
+    return _with_buffers(_impl.batch_norm, x, weight, bias, running_mean, running_var, training, momentum, eps)
 
 
-@batch_norm.register_fake
-def _(x, weight, bias, running_mean, running_var, training, momentum, eps):
-    xl, ca = _impl.channel_layout(x)
-    C = x.shape[1]
-    return (_impl.layout_like(xl, ca), _impl.f64((C,), x), _impl.f64((C,), x)) + _buffers_fake(
-        running_mean, running_var, x)
-
-
-@_op("group_norm")
+@_op(_group_norm_fake)
 def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
                eps: float) -> Tuple[Tensor, Tensor, Tensor]:
     return _impl.group_norm(x, num_groups, weight, bias, eps)
 
 
-@group_norm.register_fake
-def _(x, num_groups, weight, bias, eps):
-    xl, ca = _impl.channel_layout(x)
-    s = (x.shape[0], num_groups)
-    return _impl.layout_like(xl, ca), _impl.f64(s, x), _impl.f64(s, x)
-
-
-@_op("instance_norm")
+@_op(_instance_norm_fake)
 def instance_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
                   running_var: Optional[Tensor], use_input_stats: bool, momentum: float,
                   eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    rm, rv = _updated(running_mean), _updated(running_var)
-    y, mean, rstd = _impl.instance_norm(x, weight, bias, rm, rv, use_input_stats, momentum, eps)
-    return y, mean, rstd, _or_empty(rm, x), _or_empty(rv, x)
-
-
-@instance_norm.register_fake
-def _(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
-    xl, ca = _impl.channel_layout(x)
-    s = (x.shape[0], x.shape[1])
-    return (_impl.layout_like(xl, ca), _impl.f64(s, x), _impl.f64(s, x)) + _buffers_fake(running_mean, running_var, x)
+    return _with_buffers(_impl.instance_norm, x, weight, bias, running_mean, running_var, use_input_stats,
+                         momentum, eps)
 
 
 # ----------------------------------------------------------------- backward ops
-@_op("layer_norm_backward")
+@_op(_rows_grads_fake)
 def layer_norm_backward(grad_out: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, normalized_shape: List[int],
                         weight: Optional[Tensor], output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     return _impl.layer_norm_backward(grad_out, x, mean, rstd, normalized_shape, weight, output_mask)
 
 
-@layer_norm_backward.register_fake
-def _(grad_out, x, mean, rstd, normalized_shape, weight, output_mask):
-    has_w = weight is not None
-    return (_grad_or_empty(output_mask[0], x.shape, x, x.dtype),
-            _grad_or_empty(output_mask[1] and has_w, normalized_shape, x, _pd(weight, x)),
-            _grad_or_empty(output_mask[2] and has_w, normalized_shape, x, _pd(weight, x)))
-
-
-@_op("rms_norm_backward")
+@_op(_rows_grads_fake)
 def rms_norm_backward(grad_out: Tensor, x: Tensor, rstd: Tensor, normalized_shape: List[int],
                       weight: Optional[Tensor], output_mask: List[bool]) -> Tuple[Tensor, Tensor]:
     return _impl.rms_norm_backward(grad_out, x, rstd, normalized_shape, weight, output_mask)
 
 
-@rms_norm_backward.register_fake
-def _(grad_out, x, rstd, normalized_shape, weight, output_mask):
-    return (_grad_or_empty(output_mask[0], x.shape, x, x.dtype),
-            _grad_or_empty(output_mask[1] and weight is not None, normalized_shape, x, _pd(weight, x)))
-
-
-@_op("add_norm_backward")
+@_op(_add_grads_fake)
 def add_norm_backward(grad_y: Optional[Tensor], grad_h: Optional[Tensor], h: Tensor, mean: Optional[Tensor],
                       rstd: Tensor, normalized_shape: List[int], weight: Optional[Tensor],
                       rms: bool) -> Tuple[Tensor, Tensor, Tensor]:
     return _impl.add_norm_backward(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, rms)
 
 
-@add_norm_backward.register_fake
-def _(grad_y, grad_h, h, mean, rstd, normalized_shape, weight, rms):
-    has_w = weight is not None
-    return (torch.empty_like(h, memory_format=torch.contiguous_format),
-            _grad_or_empty(has_w, normalized_shape, h, _pd(weight, h)),
-            _grad_or_empty(has_w and not rms, normalized_shape, h, _pd(weight, h)))
-
-
-@_op("normalize_backward")
-def normalize_backward(grad_out: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, axis: List[int],
-                       weight: Optional[Tensor], output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
-    return _impl.normalize_backward(grad_out, x, mean, rstd, axis, weight, output_mask)
-
-
-@normalize_backward.register_fake
-def _(grad_out, x, mean, rstd, axis, weight, output_mask):
-    axes, _ = _impl.normalize_axes(axis, x.dim())
-    shape = [x.shape[a] for a in axes]
-    has_w = weight is not None
-    return (_grad_or_empty(output_mask[0], x.shape, x, x.dtype),
-            _grad_or_empty(output_mask[1] and has_w, shape, x, _pd(weight, x)),
-            _grad_or_empty(output_mask[2] and has_w, shape, x, _pd(weight, x)))
-
-
-def _channel_grads_fake(x, weight, output_mask):
-    xl, ca = _impl.channel_layout(x)
-    has_w = weight is not None
-    C = (x.shape[1],)
-    gx = _impl.layout_like(xl, ca, x.dtype) if output_mask[0] else x.new_empty((0,))
-    return (gx, _grad_or_empty(output_mask[1] and has_w, C, x, _pd(weight, x)),
-            _grad_or_empty(output_mask[2] and has_w, C, x, _pd(weight, x)))
-
-
-@_op("batch_norm_backward")
+@_op(_channel_grads_fake)
 def batch_norm_backward(grad_out: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
                         training: bool, output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     return _impl.batch_norm_backward(grad_out, x, mean, rstd, weight, training, output_mask)
 
 
-@batch_norm_backward.register_fake
-def _(grad_out, x, mean, rstd, weight, training, output_mask):
-    return _channel_grads_fake(x, weight, output_mask)
-
-
-@_op("group_norm_backward")
+@_op(_channel_grads_fake)
 def group_norm_backward(grad_out: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, num_groups: int,
                         weight: Optional[Tensor], output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     return _impl.group_norm_backward(grad_out, x, mean, rstd, num_groups, weight, output_mask)
 
 
-@group_norm_backward.register_fake
-def _(grad_out, x, mean, rstd, num_groups, weight, output_mask):
-    return _channel_grads_fake(x, weight, output_mask)
-
-
-@_op("instance_norm_backward")
+@_op(_channel_grads_fake)
 def instance_norm_backward(grad_out: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor],
                            use_input_stats: bool, output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     return _impl.instance_norm_backward(grad_out, x, mean, rstd, weight, use_input_stats, output_mask)
 
 
-@instance_norm_backward.register_fake
-def _(grad_out, x, mean, rstd, weight, use_input_stats, output_mask):
-    return _channel_grads_fake(x, weight, output_mask)
+@_op(_normalize_grads_fake)
+def normalize_backward(grad_out: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, axis: List[int],
+                       weight: Optional[Tensor], output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+    return _impl.normalize_backward(grad_out, x, mean, rstd, axis, weight, output_mask)
 
 
 # -------------------------------------------------------------------- gradients
