@@ -9,6 +9,15 @@
  */
 #include "common.cuh"
 
+/* Every row kernel's setup: the shared scratch of one block reduction (sh, red), the thread's
+ * lane in its row (tx of tpr), rows per block (rpb) and the number of row groups (ngroups) the
+ * blocks loop over. */
+#define NF_ROW_GROUPS_SETUP                                                   \
+    __shared__ nf_s3<double> sh[32];                                          \
+    __shared__ nf_s3<double> red[32];                                         \
+    const int tx = threadIdx.x, tpr = blockDim.x, rpb = blockDim.y;           \
+    const nf_i64 ngroups = (M + rpb - 1) / rpb
+
 /* The statistics of a row from its reduced (count, mean, M2) r, by every thread of the row:
  * thread 0 stores mean (0 for rms) and rstd = 1 / sqrt(M2 / N + eps); returns rstd and the
  * mean split hi + lo in the compute type A (nf_split). */
@@ -36,10 +45,7 @@ nf_rows_fwd(const T *x, nf_i64 ldx, T *y, nf_i64 ldy, nf_i64 M, nf_i64 N, const 
             nf_i64 seg, nf_i64 period, double eps, double *mean_out, double *rstd_out)
 {
     typedef typename nf_acc<T>::type A;
-    __shared__ nf_s3<double> sh[32];
-    __shared__ nf_s3<double> res[32];
-    const int tx = threadIdx.x, tpr = blockDim.x, rpb = blockDim.y;
-    const nf_i64 ngroups = (M + rpb - 1) / rpb;
+    NF_ROW_GROUPS_SETUP;
     const nf_i64 nseg = nf_div(N, seg);
     for (nf_i64 gi = blockIdx.x; gi < ngroups; gi += gridDim.x) {
         const nf_i64 row = gi * rpb + threadIdx.y;
@@ -51,7 +57,7 @@ nf_rows_fwd(const T *x, nf_i64 ldx, T *y, nf_i64 ldy, nf_i64 M, nf_i64 N, const 
             if (RMS) nf_for(xr, N, tx, tpr, [&](nf_i64, A v) { st.push_sq((double)v); });
             else nf_for(xr, N, tx, tpr, [&](nf_i64, A v) { st.push((double)v); });
         }
-        const nf_s3<double> r = nf_moments_of(nf_group_reduce(st.sums(), nf_add(), sh, res), st.k);
+        const nf_s3<double> r = nf_moments_of(nf_group_reduce(st.sums(), nf_add(), sh, red), st.k);
         if (!ok) continue;                       /* no barrier below */
         A mh, ml;
         const double rs = nf_row_stats<RMS>(r, N, eps, row, tx, mean_out, rstd_out, mh, ml);
@@ -87,10 +93,7 @@ nf_rows_add_fwd(const T *x, const T *res, T *h, T *y, nf_i64 M, nf_i64 N, const 
 {
     typedef typename nf_acc<T>::type A;
     typedef nf_cvt<T> CV;
-    __shared__ nf_s3<double> sh[32];
-    __shared__ nf_s3<double> red[32];
-    const int tx = threadIdx.x, tpr = blockDim.x, rpb = blockDim.y;
-    const nf_i64 ngroups = (M + rpb - 1) / rpb;
+    NF_ROW_GROUPS_SETUP;
     for (nf_i64 gi = blockIdx.x; gi < ngroups; gi += gridDim.x) {
         const nf_i64 row = gi * rpb + threadIdx.y;
         const bool ok = row < M;
@@ -130,10 +133,7 @@ nf_rows_bwd_dx(const T *x, nf_i64 ldx, const T *dy, nf_i64 ldg, const T *gh, nf_
                nf_i64 N, const double *mean, const double *rstd, const double *w)
 {
     typedef typename nf_acc<T>::type A;
-    __shared__ nf_s3<double> sh[32];
-    __shared__ nf_s3<double> res[32];
-    const int tx = threadIdx.x, tpr = blockDim.x, rpb = blockDim.y;
-    const nf_i64 ngroups = (M + rpb - 1) / rpb;
+    NF_ROW_GROUPS_SETUP;
     for (nf_i64 gi = blockIdx.x; gi < ngroups; gi += gridDim.x) {
         const nf_i64 row = gi * rpb + threadIdx.y;
         const bool ok = row < M;
@@ -152,7 +152,7 @@ nf_rows_bwd_dx(const T *x, nf_i64 ldx, const T *dy, nf_i64 ldg, const T *gh, nf_
                 s.a += (double)g;
                 s.b += (double)g * (double)xh;
             });
-        s = nf_group_reduce(s, nf_add(), sh, res);
+        s = nf_group_reduce(s, nf_add(), sh, red);
         if (!ok) continue;
         const A c1 = mean != nullptr ? (A)(s.a / (double)N) : A(0), c2 = (A)(s.b / (double)N);
         T *dxr = dx + row * N;
