@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import settings as hyp_settings
 
-import normfast
 from cuda_emu import PARAMS, backend
 
 # CI (CI=true) runs the property-based tests derandomized, so a landing never depends on luck;
@@ -25,14 +24,6 @@ def rng(request):
     """A generator seeded from the test id, so every parametrization gets its own data
     and a failure reproduces."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
-
-
-@pytest.fixture
-def restore_threads():
-    """Leave normfast's thread count as it was found (the default)."""
-    yield
-    normfast.set_num_threads(None)
-
 
 
 @pytest.fixture(params=PARAMS)

@@ -1,31 +1,39 @@
 """batch_norm forward: training / eval, running statistics (torch rules), layouts, out=,
-accuracy, edge cases, bad inputs."""
+accuracy, edge cases, bad inputs; batch_norm_backward (class TestBackward)."""
 import numpy as np
 import pytest
 from _helpers import (
     AFFINES,
+    C,
+    CA_IDS,
+    CAS,
     DTYPE_IDS,
     DTYPES,
+    EPS,
+    N,
     OUT_MODES,
     SPATIAL,
+    TORCH_GRAD_TOL,
+    BackwardCase,
+    BackwardTests,
     assert_close_ref,
+    assert_grads_close,
+    assert_offset_accuracy,
+    assert_out_alignments,
     assert_stats_close,
-    byteswapped_copy,
     call_with_out,
     channel_shape,
+    channels_last,
     make_params,
     make_x,
-    odd_out,
     ref_batch_norm_eval,
     ref_batch_norm_train,
-    unaligned_copy,
+    unusual_copies,
 )
 
 import normfast
 
-N, C = 3, 6
 RANKS = (0, 1, 2, 3)
-CAS = (1, -1)
 
 
 def _running(rng, dtype=np.float64):
@@ -34,7 +42,7 @@ def _running(rng, dtype=np.float64):
 
 @pytest.mark.parametrize("out_mode", OUT_MODES)
 @pytest.mark.parametrize("affine", AFFINES)
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", RANKS, ids=[f"sp{r}" for r in RANKS])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_train_matches_reference(rng, dtype, rank, ca, affine, out_mode):
@@ -48,7 +56,7 @@ def test_train_matches_reference(rng, dtype, rank, ca, affine, out_mode):
 
 @pytest.mark.parametrize("out_mode", OUT_MODES)
 @pytest.mark.parametrize("affine", ["none", "both"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", RANKS, ids=[f"sp{r}" for r in RANKS])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_eval_matches_reference(rng, dtype, rank, ca, affine, out_mode):
@@ -66,7 +74,7 @@ def test_eval_matches_reference(rng, dtype, rank, ca, affine, out_mode):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("out_mode", [None, "inplace", "separate"])
 @pytest.mark.parametrize("layout", ["strided", "transposed", "reversed"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", [1, 2], ids=["sp1", "sp2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_noncontiguous_input(rng, dtype, rank, ca, layout, out_mode, training):
@@ -84,7 +92,7 @@ def test_noncontiguous_input(rng, dtype, rank, ca, layout, out_mode, training):
     assert_close_ref(y, ref)
 
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", RANKS, ids=[f"sp{r}" for r in RANKS])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_return_stats(rng, dtype, rank, ca):
@@ -105,7 +113,7 @@ def test_return_stats(rng, dtype, rank, ca):
 
 @pytest.mark.parametrize("buf_dtype", [np.float64, np.float32], ids=["buf64", "buf32"])
 @pytest.mark.parametrize("momentum", [0.1, 0.5, 0.0, 1.0])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 def test_running_update_reference(rng, ca, momentum, buf_dtype):
     rm, rv = _running(rng, buf_dtype)
     em, ev = rm.astype(np.float64), rv.astype(np.float64)
@@ -122,7 +130,7 @@ def test_running_update_reference(rng, ca, momentum, buf_dtype):
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.5])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_running_update_matches_torch(rng, dtype, ca, momentum):
     torch = pytest.importorskip("torch")
@@ -223,7 +231,7 @@ def test_training_without_running_stats_and_eval_requires_them(rng):
 
 # ---------------------------------------------------------------- accuracy
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 def test_accuracy_large_offset_float32(rng, ca):
     """4096 float32 values per channel around 1e4 (std 0.1): max abs error <= 2e-6."""
     Cc = 8
@@ -233,16 +241,12 @@ def test_accuracy_large_offset_float32(rng, ca):
     x = x.astype(np.float32)
     y, mean, rstd = normfast.batch_norm(x, training=True, channel_axis=ca, return_stats=True)
     ref, rmean, rrstd, _ = ref_batch_norm_train(x, channel_axis=ca)
-    err = np.abs(y.astype(np.float64) - ref).max()
-    assert err <= 2e-6, f"max abs error {err:.3e} > 2e-6"
-    assert_close_ref(y, ref)
-    assert_stats_close(mean, rmean, rtol=1e-13)
-    assert_stats_close(rstd, rrstd, rtol=1e-9)
+    assert_offset_accuracy(y, ref, mean, rmean, rstd, rrstd)
 
 
 # ---------------------------------------------------------------- edge cases
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_constant_channels_exact(rng, dtype, ca):
     shape = channel_shape(4, C, (6, 7), ca)
@@ -263,7 +267,7 @@ def test_constant_channels_exact(rng, dtype, ca):
     assert np.all(rstd[idx] == 1 / np.sqrt(1e-5))
 
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_nan_channel_isolated(rng, dtype, ca):
     x = make_x(rng, channel_shape(4, C, (5, 6), ca), dtype)
@@ -412,7 +416,7 @@ def test_bad_out(rng):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_unaligned_and_byteswapped_input(rng, dtype, ca, training):
     x = make_x(rng, channel_shape(4, C, (5, 7), ca), dtype)
@@ -420,7 +424,7 @@ def test_unaligned_and_byteswapped_input(rng, dtype, ca, training):
     rm, rv = _running(rng)
     ref = (ref_batch_norm_train(x, w, b, channel_axis=ca)[0] if training
            else ref_batch_norm_eval(x, rm, rv, w, b, channel_axis=ca))
-    for xx in (unaligned_copy(x), byteswapped_copy(x)):
+    for xx in unusual_copies(x):
         y = normfast.batch_norm(xx, rm.copy(), rv.copy(), w, b, training, channel_axis=ca)
         assert y.dtype == xx.dtype
         assert_close_ref(y, ref)
@@ -445,7 +449,7 @@ def test_low_precision_running_buffers(rng, dtype):
 
 
 @pytest.mark.parametrize("n", [8193, 20000])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 def test_long_segments_and_many_channels(rng, ca, n):
     """Per-channel segments longer than one statistics chunk (channels first) and more
     channels than one chunk of lanes (channels last)."""
@@ -477,7 +481,7 @@ def test_weight_bias_as_lists(rng):
                      ref_batch_norm_train(x, np.array(w), np.array(b))[0])
 
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_large_outputs_any_alignment(dtype, ca):
     """Outputs over 4 MiB (large-output store paths) into misaligned and in-place buffers."""
@@ -487,16 +491,51 @@ def test_large_outputs_any_alignment(dtype, ca):
     assert x0.nbytes >= 4 << 20
     w, b = make_params(rng, (8,), dtype, "both")
     ref = ref_batch_norm_train(x0, w, b, channel_axis=ca)[0]
-    kw = dict(channel_axis=ca)
-    for out_kind in (None, "elem", "byte", "inplace"):
-        x = x0.copy()
-        if out_kind is None:
-            y = normfast.batch_norm(x, None, None, w, b, True, **kw)
-        elif out_kind == "inplace":
-            y = normfast.batch_norm(x, None, None, w, b, True, out=x, **kw)
-            assert y is x
-        else:
-            out = odd_out(x.shape, dtype, out_kind)
-            y = normfast.batch_norm(x, None, None, w, b, True, out=out, **kw)
-            assert y is out
-        assert_close_ref(y, ref, what=f"out={out_kind}")
+    assert_out_alignments(lambda a, **kw: normfast.batch_norm(a, None, None, w, b, True, channel_axis=ca, **kw),
+                          x0, ref)
+
+
+# ---------------------------------------------------------------- backward
+
+class TestBackward(BackwardTests):
+    """batch_norm_backward (training and eval): the backward tests the norms share
+    (tests/_helpers.py) on batch_norm's cases, and its own."""
+    KINDS = ("batch", "batch_eval")
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+    @pytest.mark.parametrize("channel_axis", [1, -1])
+    def test_batch_norm_running_stats_train_against_torch(self, dtype, channel_axis):
+        """Train mode with running buffers: gradients are those of the batch statistics and the
+        buffers are updated like torch's (the gradient does not see the running stats)."""
+        torch = pytest.importorskip("torch")
+        cf = (3, 4, 5, 2)
+        case = BackwardCase("batch", cf if channel_axis == 1 else channels_last(cf), channel_axis=channel_axis)
+        x, dy, w, b = case.data(dtype, True, seed=3)
+        rm = np.linspace(-1, 1, 4).astype(dtype)
+        rv = np.linspace(0.5, 2, 4).astype(dtype)
+        rm_n, rv_n, rm_t, rv_t = rm.copy(), rv.copy(), torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
+        _, mean, rstd = case.forward(x, w, b, stats=True, rm=rm_n, rv=rv_n)
+        got = case.backward(dy, x, (mean, rstd), w)
+        exp = case.torch_grads(torch, x, dy, w, b, rm_t, rv_t)
+        tol = TORCH_GRAD_TOL[dtype]
+        assert_grads_close(got, exp, tol["rtol"], tol["atol"])
+        np.testing.assert_allclose(rm_n, rm_t.numpy(), **tol)
+        np.testing.assert_allclose(rv_n, rv_t.numpy(), **tol)
+        # same gradients without the running buffers
+        got2 = case.grads(dy, x, w, b)
+        for g, g2 in zip(got, got2):
+            np.testing.assert_array_equal(g, g2)
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+    def test_batch_norm_eval_differs_from_train(self, dtype):
+        """Eval-mode gradient is rstd_running * w * dy, not the training formula."""
+        case = BackwardCase("batch_eval", (4, 3, 5))
+        x, dy, w, b = case.data(dtype, True, seed=8)
+        _, mean, rstd = case.forward(x, w, b, stats=True)
+        np.testing.assert_allclose(mean, case.rm, rtol=0, atol=0)
+        np.testing.assert_allclose(rstd, 1 / np.sqrt(case.rv + EPS), rtol=1e-15)
+        gx, gw, gb = normfast.batch_norm_backward(dy, x, mean, rstd, w, training=False)
+        exp = dy.astype(np.float64) * (rstd * w.astype(np.float64))[None, :, None]
+        np.testing.assert_allclose(gx, exp, rtol=1e-6 if dtype == np.float32 else 1e-13)
+        gx_train, _, _ = normfast.batch_norm_backward(dy, x, mean, rstd, w, training=True)
+        assert not np.allclose(gx, gx_train)

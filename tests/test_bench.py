@@ -8,17 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from _helpers import ROOT, have_module, subprocess_env
 
 import normfast
 from normfast import bench as nb
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-try:
-    import torch  # noqa: F401
-    HAVE_TORCH = True
-except Exception:
-    HAVE_TORCH = False
+HAVE_TORCH = have_module("torch")
 
 # float32 results of normfast: a few ulp of O(1..10) outputs
 NF_TOL = {"float32": 1e-5, "float64": 1e-10}
@@ -26,12 +21,6 @@ NF_TOL = {"float32": 1e-5, "float64": 1e-10}
 
 def expected_ops():
     return [op for op in nb.ALL_OPS if not op.startswith("add_") or hasattr(normfast, op)]
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +178,8 @@ def test_without_torch(tmp_path):
             "from normfast.bench import main\n"
             f"sys.exit(main(['--quick', '--ops', 'layer_norm', '--shapes', '8x32', '--json', {path!r}, "
             "'--no-progress']))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), cwd=ROOT,
-                       timeout=120)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                       cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "torch -" in p.stdout
     backends = {r["backend"] for r in json.load(open(path))["results"]}
@@ -210,11 +199,11 @@ def test_cli_dispatch(monkeypatch, capsys):
 
 def test_cli_subprocess():
     p = subprocess.run([sys.executable, "-m", "normfast", "bench", "--help"], capture_output=True, text=True,
-                       env=_env(), cwd=ROOT, timeout=120)
+                       env=subprocess_env(), cwd=ROOT, timeout=120)
     assert p.returncode == 0 and "--quick" in p.stdout and "--json" in p.stdout
     for cmd in ("check-kernels", "dask-demo"):       # present or not: never a traceback
         p = subprocess.run([sys.executable, "-m", "normfast", cmd, "--help"], capture_output=True, text=True,
-                           env=_env(), cwd=ROOT, timeout=120)
+                           env=subprocess_env(), cwd=ROOT, timeout=120)
         assert "Traceback" not in p.stderr, p.stderr
         if p.returncode != 0:
             assert "unavailable" in p.stderr
@@ -225,6 +214,29 @@ def test_benchmarks_suite_smoke():
     pytest.importorskip("pytest_benchmark")
     p = subprocess.run([sys.executable, "-m", "pytest", os.path.join(ROOT, "benchmarks"), "--benchmark-disable",
                         "-q", "-p", "no:cacheprovider", "-k", "normfast"],
-                       capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
+                       capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     assert " passed" in p.stdout
+
+
+def test_bench_training_scenario(tmp_path, capsys):
+    """`python -m normfast bench --scenario training --quick`: every operator and layout has
+    forward+backward and backward rows for normfast (allocated and out=) and the copy roofline,
+    with normfast's grad_x close to torch's float64 autograd."""
+    pytest.importorskip("torch")
+    path = tmp_path / "t.json"
+    assert nb.main(["--scenario", "training", "--quick", "--reps", "1", "--backends", "torch",
+                    "--json", str(path)]) == 0
+    assert "forward+backward" in capsys.readouterr().out
+    rows = json.loads(path.read_text())["results"]
+    from normfast.bench.training import CASES
+    keys = {(r["op"], r["shape"].split(" ")[-1] if " " in r["shape"] else "rows", r["phase"], r["backend"])
+            for r in rows}
+    for op, layout, _, _ in CASES:
+        for phase in ("forward+backward", "backward"):
+            for backend in ("normfast", "normfast out=", "torch", "copy"):
+                assert (op, layout, phase, backend) in keys, (op, layout, phase, backend)
+    for r in rows:
+        assert r["median_s"] > 0 and r["gbps"] > 0
+        if r["backend"] == "normfast":
+            assert r["max_rel_err"] < 1e-5

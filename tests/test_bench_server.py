@@ -10,30 +10,14 @@ import sys
 
 import numpy as np
 import pytest
+from _helpers import ROOT, have_module, subprocess_env
 
 import normfast
 from normfast import bench as nb
 from normfast.bench import server as bs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _have(mod):
-    try:
-        __import__(mod)
-        return True
-    except Exception:
-        return False
-
-
-HAVE_TORCH = _have("torch")
-HAVE_ORT = _have("onnx") and _have("onnxruntime")
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+HAVE_TORCH = have_module("torch")
+HAVE_ORT = have_module("onnx") and have_module("onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -171,13 +155,13 @@ def test_cli_scenario_server(tmp_path):
     path = str(tmp_path / "s.json")
     p = subprocess.run([sys.executable, "-m", "normfast", "bench", "--scenario", "server", "--quick", "--shapes", "2x32",
                         "--ops", "layer_norm", "--peers", "normfast", "--json", path, "--no-progress"],
-                       capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+                       capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "p99 us" in p.stdout
     rows = json.load(open(path))["results"]
     assert {r["peer"] for r in rows} == {"normfast", "normfast serial"}
     p = subprocess.run([sys.executable, "-m", "normfast", "bench", "--scenario", "server", "--help"],
-                       capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+                       capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=120)
     assert p.returncode == 0 and "--busy" in p.stdout and "--peers" in p.stdout
 
 

@@ -15,7 +15,7 @@ import _reference as bref
 import normfast as nf
 from _helpers import (ref_batch_norm_eval, ref_batch_norm_train, ref_group_norm, ref_instance_norm,
                       ref_layer_norm, ref_moments, ref_normalize, ref_rms_norm)
-from cuda_emu import BF16, dtype_of
+from cuda_emu import BF16, backend, dtype_of
 
 
 
@@ -172,6 +172,47 @@ def test_cupy_backward(cp, name, call, dtname):
         else:
             bound = ulp_of(r, dt) + 2e-6 * (1 + np.abs(r).max())
         check(g, r, bound, name)
+
+
+OUT_CALLS = {
+    "layer_norm": lambda x, dy, w, out: nf.layer_norm_backward(
+        dy, x, *nf.layer_norm(x, 7, w[:7], w[:7], return_stats=True)[1:], 7, w[:7], out=out),
+    "rms_norm": lambda x, dy, w, out: nf.rms_norm_backward(
+        dy, x, nf.rms_norm(x, 7, w[:7], return_stats=True)[1], 7, w[:7], out=out),
+    "batch_norm_nhwc": lambda x, dy, w, out: nf.batch_norm_backward(
+        dy, x, *nf.batch_norm(x, None, None, w[:7], None, True, channel_axis=-1, return_stats=True)[1:],
+        w[:7], channel_axis=-1, out=out),
+    "group_norm": lambda x, dy, w, out: nf.group_norm_backward(
+        dy, x, *nf.group_norm(x, 2, w[:6], None, return_stats=True)[1:], 2, w[:6], out=out),
+    "add_layer_norm": lambda x, dy, w, out: nf.add_layer_norm_backward(
+        dy, dy * 0.5, *(lambda r: (r[1], r[2], r[3]))(nf.add_layer_norm(x, dy, 7, w[:7], return_stats=True)),
+        7, w[:7], out=out),
+}
+
+
+@pytest.mark.parametrize("name", list(OUT_CALLS))
+def test_out_on_the_gpu_route(monkeypatch, name):
+    """CuPy arrays (CUDA emulator): out= separate or over grad_out gives the allocated result and
+    leaves the parameter gradients unchanged (the GPU reads x and grad_out again for dw/db, so
+    in place goes through a separate buffer there)."""
+    cp = backend("emu", monkeypatch)
+    call = OUT_CALLS[name]
+    rng = np.random.default_rng(56)
+    x = cp.asarray((3 + rng.standard_normal((4, 6, 5, 7))).astype(np.float32))
+    w = cp.asarray((1 + 0.5 * rng.standard_normal(40)).astype(np.float32))
+    dy0 = (rng.standard_normal((4, 6, 5, 7))).astype(np.float32)
+    full = call(x, cp.asarray(dy0), w, None)
+    out = cp.empty_like(x)
+    got = call(x, cp.asarray(dy0), w, out)
+    assert got[0] is out
+    dy = cp.asarray(dy0)
+    inpl = call(x, dy, w, dy)
+    assert inpl[0] is dy
+    for res in (got, inpl):
+        for g, f in zip(res, full):
+            if f is not None:
+                np.testing.assert_array_equal(cp.asnumpy(g) if hasattr(g, "device") else g,
+                                              cp.asnumpy(f) if hasattr(f, "device") else f)
 
 
 def test_cupy_running_stats_and_moments(cp):

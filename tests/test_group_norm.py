@@ -1,35 +1,38 @@
 """group_norm forward: reference, torch, layouts (channels first / last), out=, accuracy,
-edge cases, bad inputs."""
+edge cases, bad inputs; group_norm_backward (class TestBackward)."""
 import numpy as np
 import pytest
 from _helpers import (
     AFFINES,
+    C,
+    CA_IDS,
+    CAS,
     DTYPE_IDS,
     DTYPES,
+    N,
     OUT_MODES,
     SPATIAL,
+    BackwardTests,
     assert_close_ref,
+    assert_offset_accuracy,
+    assert_out_alignments,
     assert_stats_close,
-    byteswapped_copy,
     call_with_out,
     channel_shape,
     make_params,
     make_x,
-    odd_out,
     ref_group_norm,
-    unaligned_copy,
+    unusual_copies,
 )
 
 import normfast
 
-N, C = 3, 6
 RANKS = (0, 1, 2, 3)
-CAS = (1, -1)
 
 
 @pytest.mark.parametrize("out_mode", OUT_MODES)
 @pytest.mark.parametrize("affine", AFFINES)
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", RANKS, ids=[f"sp{r}" for r in RANKS])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_matches_reference(rng, dtype, rank, ca, affine, out_mode):
@@ -41,7 +44,7 @@ def test_matches_reference(rng, dtype, rank, ca, affine, out_mode):
 
 
 @pytest.mark.parametrize("G", [1, 2, 3, 6])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", RANKS, ids=[f"sp{r}" for r in RANKS])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_groups_and_stats(rng, dtype, rank, ca, G):
@@ -57,7 +60,7 @@ def test_groups_and_stats(rng, dtype, rank, ca, G):
 
 @pytest.mark.parametrize("out_mode", [None, "inplace", "separate"])
 @pytest.mark.parametrize("layout", ["strided", "transposed", "reversed"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", [1, 2], ids=["sp1", "sp2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_noncontiguous_input(rng, dtype, rank, ca, layout, out_mode):
@@ -73,7 +76,7 @@ def test_noncontiguous_input(rng, dtype, rank, ca, layout, out_mode):
 
 @pytest.mark.parametrize("affine", ["none", "both"])
 @pytest.mark.parametrize("G", [1, 3, 6])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", RANKS, ids=[f"sp{r}" for r in RANKS])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_matches_torch(rng, dtype, rank, ca, G, affine):
@@ -99,7 +102,7 @@ def test_matches_torch(rng, dtype, rank, ca, G, affine):
 
 # ---------------------------------------------------------------- accuracy
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 def test_accuracy_large_offset_float32(rng, ca):
     """Groups of 4096 float32 values around 1e4 (std 0.1): max abs error <= 2e-6."""
     Cc, G = 8, 4
@@ -109,16 +112,12 @@ def test_accuracy_large_offset_float32(rng, ca):
     x = x.astype(np.float32)
     y, mean, rstd = normfast.group_norm(x, G, channel_axis=ca, return_stats=True)
     ref, rmean, rrstd = ref_group_norm(x, G, channel_axis=ca)
-    err = np.abs(y.astype(np.float64) - ref).max()
-    assert err <= 2e-6, f"max abs error {err:.3e} > 2e-6"
-    assert_close_ref(y, ref)
-    assert_stats_close(mean, rmean, rtol=1e-13)
-    assert_stats_close(rstd, rrstd, rtol=1e-9)
+    assert_offset_accuracy(y, ref, mean, rmean, rstd, rrstd)
 
 
 # ---------------------------------------------------------------- edge cases
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_constant_groups_exact(rng, dtype, ca):
     x = make_x(rng, channel_shape(N, C, (4, 5), ca), dtype)
@@ -138,7 +137,7 @@ def test_constant_groups_exact(rng, dtype, ca):
     assert rstd[0, 0] == 1 / np.sqrt(1e-5) and rstd[2, 2] == 1 / np.sqrt(1e-5)
 
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_nan_group_isolated(rng, dtype, ca):
     x = make_x(rng, channel_shape(N, C, (4, 5), ca), dtype)
@@ -159,7 +158,7 @@ def test_nan_group_isolated(rng, dtype, ca):
 
 
 @pytest.mark.parametrize("L", [1, 3, 31, 33, 1023, 1025, 8193, 65537])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_odd_sizes(rng, dtype, ca, L):
     x = make_x(rng, channel_shape(2, 4, (L,), ca), dtype, loc=3.0)
@@ -251,7 +250,7 @@ def test_bad_arguments(rng):
 
 
 @pytest.mark.parametrize("Cc,G", [(64, 1), (64, 2), (96, 3), (64, 64), (40, 8)])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 def test_wide_groups(rng, ca, Cc, G):
     """Many channels per group (channels-last: groups of >= 32 contiguous channels)."""
     x = make_x(rng, channel_shape(2, Cc, (3, 5), ca), np.float32, loc=10.0)
@@ -270,13 +269,13 @@ def test_empty_spatial(shape, ca):
     assert y.shape == shape and mean.shape == (2, 3) and rstd.shape == (2, 3)
 
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_unaligned_and_byteswapped_input(rng, dtype, ca):
     x = make_x(rng, channel_shape(3, C, (5, 7), ca), dtype)
     w, b = make_params(rng, (C,), dtype, "both")
     ref, rmean, rrstd = ref_group_norm(x, 2, w, b, channel_axis=ca)
-    for xx in (unaligned_copy(x), byteswapped_copy(x)):
+    for xx in unusual_copies(x):
         y, mean, rstd = normfast.group_norm(xx, 2, w, b, channel_axis=ca, return_stats=True)
         assert y.dtype == xx.dtype
         assert_close_ref(y, ref)
@@ -285,7 +284,7 @@ def test_unaligned_and_byteswapped_input(rng, dtype, ca):
         assert_close_ref(xx, ref)
 
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 def test_large_outputs_any_alignment(ca):
     """Outputs over 4 MiB (large-output store paths), odd spatial size, into misaligned
     (by one element / one byte) and in-place buffers."""
@@ -294,15 +293,31 @@ def test_large_outputs_any_alignment(ca):
     assert x0.nbytes >= 4 << 20
     w, b = make_params(rng, (32,), np.float32, "both")
     ref = ref_group_norm(x0, 4, w, b, channel_axis=ca)[0]
-    for out_kind in (None, "elem", "byte", "inplace"):
-        x = x0.copy()
-        if out_kind is None:
-            y = normfast.group_norm(x, 4, w, b, channel_axis=ca)
-        elif out_kind == "inplace":
-            y = normfast.group_norm(x, 4, w, b, channel_axis=ca, out=x)
-            assert y is x
-        else:
-            out = odd_out(x.shape, np.float32, out_kind)
-            y = normfast.group_norm(x, 4, w, b, channel_axis=ca, out=out)
-            assert y is out
-        assert_close_ref(y, ref, what=f"out={out_kind}")
+    assert_out_alignments(lambda a, **kw: normfast.group_norm(a, 4, w, b, channel_axis=ca, **kw), x0, ref)
+
+
+# ---------------------------------------------------------------- backward
+
+class TestBackward(BackwardTests):
+    """group_norm_backward: the backward tests the norms share (tests/_helpers.py) on
+    group_norm's cases, and its own."""
+    KINDS = ("group",)
+
+    def test_bad_weight_and_groups(self):
+        """Groups that do not divide C or do not match the statistics, wrong weight shapes (also
+        layer_norm_backward's normalized_shape and weight)."""
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, 6, 5))
+        dy = rng.standard_normal(x.shape)
+        _, mean, rstd = normfast.group_norm(x, 3, return_stats=True)
+        with pytest.raises(ValueError):
+            normfast.group_norm_backward(dy, x, mean, rstd, 4)             # 4 does not divide 6
+        with pytest.raises(ValueError):
+            normfast.group_norm_backward(dy, x, mean, rstd, 2)             # stats are (2, 3), not (2, 2)
+        with pytest.raises(ValueError):
+            normfast.group_norm_backward(dy, x, mean, rstd, 3, np.ones(5))  # weight shape
+        _, mean, rstd = normfast.layer_norm(x, (6, 5), return_stats=True)
+        with pytest.raises(ValueError):
+            normfast.layer_norm_backward(dy, x, mean, rstd, (5, 6))
+        with pytest.raises(ValueError):
+            normfast.layer_norm_backward(dy, x, mean, rstd, (6, 5), np.ones(5))

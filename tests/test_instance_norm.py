@@ -1,36 +1,39 @@
 """instance_norm forward: reference, torch, running statistics, layouts, out=, accuracy,
-edge cases, bad inputs."""
+edge cases, bad inputs; instance_norm_backward (class TestBackward)."""
 import numpy as np
 import pytest
 from _helpers import (
     AFFINES,
+    C,
+    CA_IDS,
+    CAS,
     DTYPE_IDS,
     DTYPES,
+    N,
     OUT_MODES,
     SPATIAL,
+    BackwardTests,
     assert_close_ref,
+    assert_offset_accuracy,
+    assert_out_alignments,
     assert_stats_close,
-    byteswapped_copy,
     call_with_out,
     channel_shape,
     make_params,
     make_x,
-    odd_out,
     ref_batch_norm_eval,
     ref_instance_norm,
-    unaligned_copy,
+    unusual_copies,
 )
 
 import normfast
 
-N, C = 3, 6
 RANKS = (1, 2, 3)
-CAS = (1, -1)
 
 
 @pytest.mark.parametrize("out_mode", OUT_MODES)
 @pytest.mark.parametrize("affine", AFFINES)
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", RANKS, ids=[f"sp{r}" for r in RANKS])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_matches_reference(rng, dtype, rank, ca, affine, out_mode):
@@ -45,7 +48,7 @@ def test_matches_reference(rng, dtype, rank, ca, affine, out_mode):
 
 @pytest.mark.parametrize("out_mode", [None, "inplace", "separate_strided"])
 @pytest.mark.parametrize("affine", ["none", "both"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", RANKS, ids=[f"sp{r}" for r in RANKS])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_with_running_stats_matches_reference(rng, dtype, rank, ca, affine, out_mode):
@@ -61,7 +64,7 @@ def test_with_running_stats_matches_reference(rng, dtype, rank, ca, affine, out_
 
 @pytest.mark.parametrize("out_mode", [None, "inplace", "separate"])
 @pytest.mark.parametrize("affine", ["none", "both"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", (0,) + RANKS, ids=[f"sp{r}" for r in (0,) + RANKS])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_running_stats_mode_matches_reference(rng, dtype, rank, ca, affine, out_mode):
@@ -80,7 +83,7 @@ def test_running_stats_mode_matches_reference(rng, dtype, rank, ca, affine, out_
 
 @pytest.mark.parametrize("out_mode", [None, "inplace", "separate"])
 @pytest.mark.parametrize("layout", ["strided", "transposed", "reversed"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", [1, 2], ids=["sp1", "sp2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_noncontiguous_input(rng, dtype, rank, ca, layout, out_mode):
@@ -93,7 +96,7 @@ def test_noncontiguous_input(rng, dtype, rank, ca, layout, out_mode):
 
 
 @pytest.mark.parametrize("track", [False, True], ids=["untracked", "tracked"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", RANKS, ids=[f"sp{r}" for r in RANKS])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_return_stats(rng, dtype, rank, ca, track):
@@ -110,7 +113,7 @@ def test_return_stats(rng, dtype, rank, ca, track):
 # ---------------------------------------------------------------- running statistics
 
 @pytest.mark.parametrize("momentum", [0.1, 0.5, 1.0])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 def test_running_update_reference(rng, ca, momentum):
     """running <- (1 - m) * running + m * (batch average of per-instance mean / unbiased var)."""
     rm, rv = rng.normal(0, 1, C), rng.uniform(0.5, 2, C)
@@ -126,7 +129,7 @@ def test_running_update_reference(rng, ca, momentum):
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.5])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", RANKS, ids=[f"sp{r}" for r in RANKS])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_matches_torch_running_update(rng, dtype, rank, ca, momentum):
@@ -152,7 +155,7 @@ def test_matches_torch_running_update(rng, dtype, rank, ca, momentum):
 
 
 @pytest.mark.parametrize("affine", ["none", "both"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("rank", RANKS, ids=[f"sp{r}" for r in RANKS])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_matches_torch(rng, dtype, rank, ca, affine):
@@ -171,7 +174,7 @@ def test_matches_torch(rng, dtype, rank, ca, affine):
 # ---------------------------------------------------------------- accuracy
 
 @pytest.mark.parametrize("track", [False, True], ids=["untracked", "tracked"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 def test_accuracy_large_offset_float32(rng, ca, track):
     """4096 float32 values per (n, c) around 1e4 (std 0.1): max abs error <= 2e-6."""
     Cc = 4
@@ -182,17 +185,13 @@ def test_accuracy_large_offset_float32(rng, ca, track):
     rm, rv = (np.zeros(Cc), np.ones(Cc)) if track else (None, None)
     y, mean, rstd = normfast.instance_norm(x, rm, rv, channel_axis=ca, return_stats=True)
     ref, rmean, rrstd, _ = ref_instance_norm(x, channel_axis=ca)
-    err = np.abs(y.astype(np.float64) - ref).max()
-    assert err <= 2e-6, f"max abs error {err:.3e} > 2e-6"
-    assert_close_ref(y, ref)
-    assert_stats_close(mean, rmean, rtol=1e-13)
-    assert_stats_close(rstd, rrstd, rtol=1e-9)
+    assert_offset_accuracy(y, ref, mean, rmean, rstd, rrstd)
 
 
 # ---------------------------------------------------------------- edge cases
 
 @pytest.mark.parametrize("track", [False, True], ids=["untracked", "tracked"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_constant_instances_exact(rng, dtype, ca, track):
     x = make_x(rng, channel_shape(N, C, (5, 7), ca), dtype)
@@ -214,7 +213,7 @@ def test_constant_instances_exact(rng, dtype, ca, track):
     assert mean[0, 1] == np.float64(dtype(1e4 + 0.1))
 
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_nan_instance_isolated(rng, dtype, ca):
     x = make_x(rng, channel_shape(N, C, (4, 5), ca), dtype)
@@ -233,7 +232,7 @@ def test_nan_instance_isolated(rng, dtype, ca):
 
 
 @pytest.mark.parametrize("L", [2, 3, 31, 33, 1023, 1025, 8193, 65537])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_odd_sizes(rng, dtype, ca, L):
     x = make_x(rng, channel_shape(2, 2, (L,), ca), dtype, loc=3.0)
@@ -349,13 +348,13 @@ def test_many_channels_last(rng, Cc):
 
 
 @pytest.mark.parametrize("track", [False, True], ids=["untracked", "tracked"])
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_unaligned_and_byteswapped_input(rng, dtype, ca, track):
     x = make_x(rng, channel_shape(3, C, (5, 7), ca), dtype)
     w, b = make_params(rng, (C,), dtype, "both")
     ref, rmean, rrstd, _ = ref_instance_norm(x, w, b, channel_axis=ca)
-    for xx in (unaligned_copy(x), byteswapped_copy(x)):
+    for xx in unusual_copies(x):
         rm, rv = (np.zeros(C), np.ones(C)) if track else (None, None)
         y, mean, rstd = normfast.instance_norm(xx, rm, rv, w, b, channel_axis=ca, return_stats=True)
         assert y.dtype == xx.dtype
@@ -365,7 +364,7 @@ def test_unaligned_and_byteswapped_input(rng, dtype, ca, track):
         assert_close_ref(xx, ref)
 
 
-@pytest.mark.parametrize("ca", CAS, ids=["cfirst", "clast"])
+@pytest.mark.parametrize("ca", CAS, ids=CA_IDS)
 def test_large_outputs_any_alignment(ca):
     """Outputs over 4 MiB (large-output store paths), odd spatial size, into misaligned
     (by one element / one byte) and in-place buffers."""
@@ -374,15 +373,13 @@ def test_large_outputs_any_alignment(ca):
     assert x0.nbytes >= 4 << 20
     w, b = make_params(rng, (32,), np.float32, "both")
     ref = ref_instance_norm(x0, w, b, channel_axis=ca)[0]
-    for out_kind in (None, "elem", "byte", "inplace"):
-        x = x0.copy()
-        if out_kind is None:
-            y = normfast.instance_norm(x, None, None, w, b, channel_axis=ca)
-        elif out_kind == "inplace":
-            y = normfast.instance_norm(x, None, None, w, b, channel_axis=ca, out=x)
-            assert y is x
-        else:
-            out = odd_out(x.shape, np.float32, out_kind)
-            y = normfast.instance_norm(x, None, None, w, b, channel_axis=ca, out=out)
-            assert y is out
-        assert_close_ref(y, ref, what=f"out={out_kind}")
+    assert_out_alignments(lambda a, **kw: normfast.instance_norm(a, None, None, w, b, channel_axis=ca, **kw),
+                          x0, ref)
+
+
+# ---------------------------------------------------------------- backward
+
+class TestBackward(BackwardTests):
+    """instance_norm_backward: the backward tests the norms share (tests/_helpers.py) on
+    instance_norm's cases."""
+    KINDS = ("instance",)

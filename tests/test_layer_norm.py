@@ -1,4 +1,5 @@
-"""layer_norm forward: reference, torch, layouts, out=, accuracy, edge cases, bad inputs."""
+"""layer_norm forward: reference, torch, layouts, out=, accuracy, edge cases, bad inputs;
+layer_norm_backward (class TestBackward)."""
 import numpy as np
 import pytest
 from _helpers import (
@@ -6,43 +7,32 @@ from _helpers import (
     DTYPE_IDS,
     DTYPES,
     OUT_MODES,
+    ROW_NORM_CASE_IDS,
+    ROW_NORM_CASES,
+    BackwardCase,
+    BackwardTests,
     assert_close_ref,
+    assert_offset_accuracy,
+    assert_out_alignments,
     assert_stats_close,
-    byteswapped_copy,
     call_with_out,
     make_params,
     make_x,
-    odd_out,
     ref_layer_norm,
-    unaligned_copy,
+    shape_tuple,
+    unusual_copies,
 )
 
 import normfast
 
-CASES = [
-    ((3, 4, 5, 6), 6),
-    ((3, 4, 5, 6), (5, 6)),
-    ((3, 4, 5, 6), [4, 5, 6]),
-    ((3, 4, 5, 6), (3, 4, 5, 6)),
-    ((7,), (7,)),
-    ((5, 33), (33,)),
-    ((2, 3, 40), 40),
-]
-CASE_IDS = [f"{'x'.join(map(str, s))}-ns{ns}" for s, ns in CASES]
-
-
-def _nshape(ns):
-    return (ns,) if isinstance(ns, int) else tuple(ns)
-
-
 @pytest.mark.parametrize("out_mode", OUT_MODES)
 @pytest.mark.parametrize("affine", AFFINES)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("case", ROW_NORM_CASES, ids=ROW_NORM_CASE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_matches_reference(rng, dtype, case, affine, out_mode):
     shape, ns = case
     x = make_x(rng, shape, dtype)
-    w, b = make_params(rng, _nshape(ns), dtype, affine)
+    w, b = make_params(rng, shape_tuple(ns), dtype, affine)
     ref, _, _ = ref_layer_norm(x, ns, w, b, eps=1e-5)
     y = call_with_out(lambda a, **kw: normfast.layer_norm(a, ns, w, b, 1e-5, **kw), x, out_mode)
     assert_close_ref(y, ref)
@@ -61,14 +51,14 @@ def test_noncontiguous_input(rng, dtype, ns, layout, out_mode):
     assert_close_ref(y, ref)
 
 
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("case", ROW_NORM_CASES, ids=ROW_NORM_CASE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_return_stats(rng, dtype, case):
     shape, ns = case
     x = make_x(rng, shape, dtype, loc=-3.0)
     y, mean, rstd = normfast.layer_norm(x, ns, eps=1e-3, return_stats=True)
     ref, rmean, rrstd = ref_layer_norm(x, ns, eps=1e-3)
-    lead = shape[:len(shape) - len(_nshape(ns))]
+    lead = shape[:len(shape) - len(shape_tuple(ns))]
     assert mean.shape == lead and rstd.shape == lead
     assert_close_ref(y, ref)
     assert_stats_close(mean, rmean, "mean")
@@ -120,11 +110,7 @@ def test_accuracy_large_offset_float32(rng):
     x = (1e4 + rng.normal(0, 0.1, (16, 4096))).astype(np.float32)
     y, mean, rstd = normfast.layer_norm(x, 4096, return_stats=True)
     ref, rmean, rrstd = ref_layer_norm(x, 4096)
-    err = np.abs(y.astype(np.float64) - ref).max()
-    assert err <= 2e-6, f"max abs error {err:.3e} > 2e-6"
-    assert_close_ref(y, ref)
-    assert_stats_close(mean, rmean, "mean", rtol=1e-13)
-    assert_stats_close(rstd, rrstd, "rstd", rtol=1e-9)
+    assert_offset_accuracy(y, ref, mean, rmean, rstd, rrstd)
 
 
 def test_accuracy_large_offset_float64(rng):
@@ -203,7 +189,7 @@ def test_empty_batch(dtype, shape, ns):
     x = np.empty(shape, dtype=dtype)
     y, mean, rstd = normfast.layer_norm(x, ns, return_stats=True)
     assert y.shape == shape and y.dtype == dtype
-    lead = shape[:len(shape) - len(_nshape(ns))]
+    lead = shape[:len(shape) - len(shape_tuple(ns))]
     assert mean.shape == lead and rstd.shape == lead
     out = np.empty_like(x)
     assert normfast.layer_norm(x, ns, out=out) is out
@@ -316,7 +302,7 @@ def test_unaligned_and_byteswapped_input(rng, dtype):
     x = make_x(rng, (6, 70), dtype)
     w, b = make_params(rng, (70,), dtype, "both")
     ref = ref_layer_norm(x, 70, w, b)[0]
-    for xx in (unaligned_copy(x), byteswapped_copy(x)):
+    for xx in unusual_copies(x):
         y = normfast.layer_norm(xx, 70, w, b)
         assert y.dtype == xx.dtype
         assert_close_ref(y, ref)
@@ -348,15 +334,54 @@ def test_large_outputs_any_alignment(dtype, width, affine):
     assert x0.nbytes >= 4 << 20
     w, b = make_params(rng, (width,), dtype, "both" if affine else "none")
     ref = ref_layer_norm(x0, width, w, b)[0]
-    for out_kind in (None, "fresh", "elem", "byte", "inplace"):
-        x = x0.copy()
-        if out_kind is None:
-            y = normfast.layer_norm(x, width, w, b)
-        elif out_kind == "inplace":
-            y = normfast.layer_norm(x, width, w, b, out=x)
-            assert y is x
-        else:
-            out = np.full(x.shape, np.nan, dtype) if out_kind == "fresh" else odd_out(x.shape, dtype, out_kind)
-            y = normfast.layer_norm(x, width, w, b, out=out)
-            assert y is out
-        assert_close_ref(y, ref, what=f"out={out_kind}")
+    assert_out_alignments(lambda a, **kw: normfast.layer_norm(a, width, w, b, **kw), x0, ref,
+                          (None, "fresh", "elem", "byte", "inplace"))
+
+
+# ---------------------------------------------------------------- backward
+
+class TestBackward(BackwardTests):
+    """layer_norm_backward: the backward tests the norms share (tests/_helpers.py) on
+    layer_norm's cases, and its own."""
+    KINDS = ("layer",)
+
+    def test_large_offset_grad_out_float32(self):
+        """grad_out with a large common offset: mean(g) cancels, dx must stay accurate."""
+        rng = np.random.default_rng(17)
+        x = (1e4 + 0.1 * rng.standard_normal((8, 4096))).astype(np.float32)
+        dy = (1e3 + rng.standard_normal((8, 4096))).astype(np.float32)
+        case = BackwardCase("layer", x.shape, nshape=(4096,))
+        gx, gw, gb = case.grads(dy, x, np.ones(4096, np.float32), np.zeros(4096, np.float32))
+        ex, ew, eb = case.reference(dy, x, np.ones(4096))
+        np.testing.assert_allclose(gx, ex, rtol=1e-5, atol=1e-5 * np.max(np.abs(ex)))
+        np.testing.assert_allclose(gw, ew, rtol=1e-5, atol=1e-5 * np.max(np.abs(ew)))
+        np.testing.assert_allclose(gb, eb, rtol=1e-6)
+
+    def test_constant_rows_mixed_with_normal_rows(self):
+        rng = np.random.default_rng(10)
+        x = rng.standard_normal((6, 100))
+        x[1] = -7.0
+        x[4] = 1e4
+        dy = rng.standard_normal(x.shape)
+        w = rng.standard_normal(100)
+        case = BackwardCase("layer", x.shape, nshape=(100,))
+        got = case.grads(dy, x, w, np.zeros(100))
+        exp = case.reference(dy, x, w)
+        for g, e in zip(got, exp):
+            assert np.all(np.isfinite(g))
+            np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-9 * np.max(np.abs(e)))
+
+    def test_out_torch_in_place(self):
+        """torch tensors: out=grad_out comes back as the caller's tensor, equal to torch.autograd's grad."""
+        torch = pytest.importorskip("torch")
+        rng = np.random.default_rng(55)
+        x = torch.from_numpy(rng.normal(3.0, 2.0, (64, 96)).astype(np.float32))
+        w = torch.from_numpy(rng.normal(1.0, 0.2, 96).astype(np.float32))
+        dy = torch.from_numpy(rng.normal(0.0, 1.0, (64, 96)).astype(np.float32))
+        xt = x.clone().requires_grad_(True)
+        torch.nn.functional.layer_norm(xt, (96,), w, None).backward(dy)
+        _, mean, rstd = normfast.layer_norm(x, 96, w, return_stats=True)
+        g = dy.clone()
+        gx, gw, _ = normfast.layer_norm_backward(g, x, mean, rstd, 96, w, out=g)
+        assert gx is g
+        torch.testing.assert_close(g, xt.grad, rtol=1e-5, atol=1e-5)

@@ -1,47 +1,35 @@
-"""rms_norm forward: reference, torch, layouts, out=, accuracy, edge cases, bad inputs."""
+"""rms_norm forward: reference, torch, layouts, out=, accuracy, edge cases, bad inputs;
+rms_norm_backward (class TestBackward)."""
 import numpy as np
 import pytest
 from _helpers import (
     DTYPE_IDS,
     DTYPES,
     OUT_MODES,
+    ROW_NORM_CASE_IDS,
+    ROW_NORM_CASES,
+    BackwardTests,
     assert_close_ref,
     assert_stats_close,
-    byteswapped_copy,
     call_with_out,
     make_params,
     make_x,
     ref_rms_norm,
-    unaligned_copy,
+    shape_tuple,
+    unusual_copies,
 )
 
 import normfast
 
-CASES = [
-    ((3, 4, 5, 6), 6),
-    ((3, 4, 5, 6), (5, 6)),
-    ((3, 4, 5, 6), [4, 5, 6]),
-    ((3, 4, 5, 6), (3, 4, 5, 6)),
-    ((7,), (7,)),
-    ((5, 33), (33,)),
-    ((2, 3, 40), 40),
-]
-CASE_IDS = [f"{'x'.join(map(str, s))}-ns{ns}" for s, ns in CASES]
-
-
-def _nshape(ns):
-    return (ns,) if isinstance(ns, int) else tuple(ns)
-
-
 @pytest.mark.parametrize("out_mode", OUT_MODES)
 @pytest.mark.parametrize("affine", ["none", "weight"])
 @pytest.mark.parametrize("eps", [None, 1e-5], ids=["eps_default", "eps1e-5"])
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("case", ROW_NORM_CASES, ids=ROW_NORM_CASE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_matches_reference(rng, dtype, case, eps, affine, out_mode):
     shape, ns = case
     x = make_x(rng, shape, dtype)
-    w, _ = make_params(rng, _nshape(ns), dtype, affine)
+    w, _ = make_params(rng, shape_tuple(ns), dtype, affine)
     ref, _ = ref_rms_norm(x, ns, w, eps)
     y = call_with_out(lambda a, **kw: normfast.rms_norm(a, ns, w, eps, **kw), x, out_mode)
     assert_close_ref(y, ref)
@@ -60,7 +48,7 @@ def test_noncontiguous_input(rng, dtype, ns, layout, out_mode):
     assert_close_ref(y, ref)
 
 
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("case", ROW_NORM_CASES, ids=ROW_NORM_CASE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_return_stats(rng, dtype, case):
     shape, ns = case
@@ -69,7 +57,7 @@ def test_return_stats(rng, dtype, case):
     assert len(res) == 2
     y, rstd = res
     ref, rrstd = ref_rms_norm(x, ns, eps=1e-3)
-    lead = shape[:len(shape) - len(_nshape(ns))]
+    lead = shape[:len(shape) - len(shape_tuple(ns))]
     assert rstd.shape == lead
     assert_close_ref(y, ref)
     assert_stats_close(rstd, rrstd, "rstd")
@@ -226,10 +214,17 @@ def test_unaligned_and_byteswapped_input(rng, dtype):
     x = make_x(rng, (6, 70), dtype)
     w, _ = make_params(rng, (70,), dtype, "weight")
     ref, rrstd = ref_rms_norm(x, 70, w)
-    for xx in (unaligned_copy(x), byteswapped_copy(x)):
+    for xx in unusual_copies(x):
         y, rstd = normfast.rms_norm(xx, 70, w, return_stats=True)
         assert y.dtype == xx.dtype
         assert_close_ref(y, ref)
         assert_stats_close(rstd, rrstd)
         assert normfast.rms_norm(xx, 70, w, out=xx) is xx
         assert_close_ref(xx, ref)
+
+
+# ---------------------------------------------------------------- backward
+
+class TestBackward(BackwardTests):
+    """rms_norm_backward: the backward tests the norms share (tests/_helpers.py) on rms_norm's cases."""
+    KINDS = ("rms",)

@@ -14,6 +14,7 @@ arrays, and leaves every other byte of the buffer untouched.
 """
 import numpy as np
 import pytest
+from _helpers import byteswapped_copy, unaligned_copy
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -143,22 +144,24 @@ def _view_of(v, layout, rng):
     if layout == "zero_stride":
         return np.broadcast_to(v[:1], v.shape)
     if layout == "misaligned":
-        buf = np.zeros(v.nbytes + v.itemsize + 1, np.uint8)
-        u = buf[1:1 + v.nbytes].view(v.dtype).reshape(v.shape)
-        u[...] = v
-        return u
+        return unaligned_copy(v)
     if layout == "readonly":
         r = v.copy()
         r.flags.writeable = False
         return r
     if layout == "byteswapped":
-        return v.astype(v.dtype.newbyteorder())
+        return byteswapped_copy(v)
     raise ValueError(layout)
 
 
+def _drawn(max_n, max_s):
+    """The strategies of (case, n, c, s, dtype, seed, data), n <= max_n and s <= max_s."""
+    return (st.sampled_from(sorted(CASES)), st.integers(2, max_n), CHANNELS, st.integers(2, max_s),
+            st.sampled_from([np.float32, np.float64]), st.integers(0, 2 ** 31 - 1), st.data())
+
+
 @SETTINGS
-@given(st.sampled_from(sorted(CASES)), st.integers(2, 4), CHANNELS, st.integers(2, 40),
-       st.sampled_from([np.float32, np.float64]), st.integers(0, 2 ** 31 - 1), st.data())
+@given(*_drawn(4, 40))
 def test_any_view_equals_fresh_copies(case, n, c, s, dtype, seed, data):
     shapes_of, writes, call = CASES[case]
     rng = np.random.default_rng(seed)
@@ -228,8 +231,7 @@ def _carve(pool, index_pool, shape, offset, step, flip_axis):
 
 
 @SETTINGS
-@given(st.sampled_from(sorted(CASES)), st.integers(2, 3), CHANNELS, st.integers(2, 12),
-       st.sampled_from([np.float32, np.float64]), st.integers(0, 2 ** 31 - 1), st.data())
+@given(*_drawn(3, 12))
 def test_any_aliasing_equals_fresh_copies_or_raises(case, n, c, s, dtype, seed, data):
     shapes_of, writes, call = CASES[case]
     rng = np.random.default_rng(seed)
