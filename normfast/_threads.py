@@ -7,6 +7,7 @@ scikit-learn and loky decide).  In a child created by ``fork`` the kernels run s
 (the parent's worker threads do not exist there).  The kernels read the state in C
 (``normfast._cpu._normalize.set_thread_state``), so the fast path pays no Python call for it.
 """
+import contextlib
 import math
 import os
 
@@ -115,3 +116,15 @@ def _after_fork_in_child():
 _push()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@contextlib.contextmanager
+def threads_set_to(n):
+    """``set_num_threads(n)`` for a block, then the setting found before it (an explicit count, or
+    None: the default) -- not the count it resolved to, which would pin the default."""
+    saved = _override
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(saved)

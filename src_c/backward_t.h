@@ -126,7 +126,7 @@ typedef float nf_v16f __attribute__((vector_size(64)));
  *   db[j] += dy        (float64 throughout: the terms are exact, so db keeps float64 sums)
  * x - mh is exact whenever x is within a factor 2 of the mean (Sterbenz) and w * dy - c1h is one
  * fused rounding, so large offsets in x or dy do not cancel in float32 (mean 1e4 / std 0.1, grad_out
- * offset 1e3: tests/test_backward.py).  The two row sums s1, s2 (c1, c2) stay float64 (first pass). */
+ * offset 1e3: tests/test_layer_norm.py, TestBackward).  The two row sums s1, s2 (c1, c2) stay float64 (first pass). */
 typedef NF_T NF_S(nf_bwd_v16t) __attribute__((vector_size(16 * sizeof(NF_T))));
 static inline nf_v16f NF_S(nf_bwd_load16)(const NF_T *p)
 {

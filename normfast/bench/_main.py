@@ -117,7 +117,7 @@ def main(argv=None):
         return 2
     env = Env(want)
     nf = env.nf
-    saved_nf = getattr(getattr(nf, "_threads", None), "_override", None)
+    saved_nf = getattr(getattr(nf, "_threads", None), "_override", None)   # None: the default
     saved_torch = env.torch.get_num_threads() if env.torch is not None else None
     try:
         if args.threads is not None:

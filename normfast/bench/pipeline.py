@@ -33,6 +33,7 @@ import threading
 import numpy as np
 
 import normfast
+from .._threads import threads_set_to
 from ._report import show, write_json
 from ._timing import median_times
 
@@ -152,9 +153,7 @@ def dask_case(shape, chunk_rows, reps, seed):
         print("(dask-ml is not installed: its row is missing)", file=sys.stderr)
     rows = []
     with dask.config.set(scheduler="threads", num_workers=2):
-        saved = normfast.get_num_threads()
-        normfast.set_num_threads(1)                       # parallelism comes from the 2 Dask workers
-        try:
+        with threads_set_to(1):                           # parallelism comes from the 2 Dask workers
             fit_t = median_times({k: v[0] for k, v in peers.items()}, reps)
             both_t = median_times({k: (lambda v=v: sink(v[1](v[0]()))) for k, v in peers.items()}, reps)
             for k, (fit, tr, stats) in peers.items():
@@ -174,8 +173,6 @@ def dask_case(shape, chunk_rows, reps, seed):
                 rows.append(dict(case="dask", what=f"{k} fit+transform", time_s=both_t[k], speedup=None,
                                  passes=both_reads, mean_err_ulp=None, var_rel_err=None,
                                  z_err_std=_z_error(head, X, rm, rv)))
-        finally:
-            normfast.set_num_threads(saved)
     nf_time = {r["what"]: r["time_s"] for r in rows if r["what"].startswith("normfast ")}
     for r in rows:
         op = r["what"].rsplit(" ", 1)[1]                   # "fit" or "fit+transform"
