@@ -25,8 +25,8 @@
  *   every clone bitwise equal.
  * - Threads: normfast's own pool (pool.h: the caller never waits for a thread
  *   that has not started), work claimed NF_GRAIN_VALUES values at a time, and a
- *   serial threshold NF_PAR_MIN = 16384 values (about 5 us of work); below it a
- *   call runs on the calling thread.
+ *   serial threshold NF_PAR_MIN = 32768 values (about 8 us of work, set from a
+ *   measured crossover: see below); below it a call runs on the calling thread.
  */
 #ifndef NF_COMMON_H
 #define NF_COMMON_H
@@ -54,10 +54,15 @@
 #define NF_MIN_ROWS 64        /* minimum rows per chunk (column mode): enough rows per lane that the
                                  per-lane (n, mean, M2) and their merge cost < 5% of the pass */
 #define NF_COL_CHUNK 32768    /* values per column-mode chunk (kept in L2 while lanes are walked) */
-#define NF_PAR_MIN 16384      /* below this many elements a call stays serial: ~5 us of work, where
-                                 publishing a job and claiming units (~1 us) stops paying */
+#define NF_PAR_MIN 32768      /* below this many elements a call stays serial.  Measured (2-core AVX-512
+                                 VM, float32, serial vs 2 threads interleaved, medians): row forward
+                                 18k values 6.4 vs 7.8 us (threads cost), 36k 14.1 vs 10.3, 72k 27.5
+                                 vs 16.1; row backward 18k 8.6 vs 9.0, 36k 15.4 vs 11.9; column
+                                 reduce / apply 16k-64k: 0.94-1.14x (no gain either way).  Below 32k
+                                 values the pool's publish, wake-up and claims (~1-2 us, and a p99 tail
+                                 from late workers) cost more than a second core saves. */
 #define NF_GRAIN_VALUES 8192  /* values per claim of pool work: ~2 us, far above the ~50 ns of a claim,
-                                 small enough that two threads share a job of NF_PAR_MIN values */
+                                 small enough that two threads share a job of NF_PAR_MIN values (4 claims) */
 
 typedef struct { double n, mean, m2; } nf_mom;
 
