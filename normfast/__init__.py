@@ -6,6 +6,7 @@ follow ``torch.nn.functional``.
 """
 from ._add_norm import add_layer_norm, add_layer_norm_backward, add_rms_norm, add_rms_norm_backward
 from ._threads import get_num_threads, set_num_threads
+from ._precision import get_float32_precision, set_float32_precision
 from ._batch_norm import batch_norm, batch_norm_backward
 from ._group_norm import group_norm, group_norm_backward
 from ._instance_norm import instance_norm, instance_norm_backward
@@ -31,7 +32,7 @@ rms_norm = _with_fast_path(rms_norm, rms=True)
 
 __all__ = [
     "Moments", "add_layer_norm", "add_layer_norm_backward", "add_rms_norm", "add_rms_norm_backward", "backends",
-    "batch_norm", "batch_norm_backward", "get_backend", "get_num_threads", "group_norm", "group_norm_backward",
+    "batch_norm", "batch_norm_backward", "get_backend", "get_float32_precision", "get_num_threads", "group_norm", "group_norm_backward",
     "instance_norm", "instance_norm_backward", "layer_norm", "layer_norm_backward", "moments", "normalize",
-    "rms_norm", "rms_norm_backward", "set_num_threads",
+    "rms_norm", "rms_norm_backward", "set_float32_precision", "set_num_threads",
 ]

@@ -110,8 +110,8 @@ NF_CLONES static void NF_S(nf_rows_bwd_tile)(const NF_T *restrict x, const NF_T 
     NF_S(nf_bwd_cols_scalar)(x, dy, gh, dx, R, N, j, mr, rr, c1, c2, w, dw, db);
 }
 
-#ifndef NF_BWD_F32_VEC
-#define NF_BWD_F32_VEC
+#ifndef NF_V16F
+#define NF_V16F
 /* (vector op scalar broadcasts the scalar: one vbroadcastss or an embedded {1to16} operand, where
  * a 16-element initializer list compiles to 16 masked inserts in the target clones) */
 typedef float nf_v16f __attribute__((vector_size(64)));

@@ -2,6 +2,7 @@
 #ifndef NF_NORMALIZE_H
 #define NF_NORMALIZE_H
 #include "moments.h"
+#include "apply_f32.h"
 
 #define NF_TEMPLATE "normalize_t.h"
 #include "instantiate.h"

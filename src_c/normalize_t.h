@@ -198,6 +198,7 @@ typedef struct {
     const NF_T *x; NF_T *y; int64_t N, seg, nseg, period;
     const double *w, *b; double eps; int rms, stream; double *mean, *rstd;
     const NF_T *wT, *bT; int affineT;     /* affine in the input type (fast path) */
+    int f32; const float *wf, *bf;        /* float32-width normalization (apply_f32.h), its affine */
 } NF_S(nf_rows_ctx);
 
 static void NF_S(nf_rows_range)(void *vc, int64_t i0, int64_t i1)
@@ -211,7 +212,8 @@ static void NF_S(nf_rows_range)(void *vc, int64_t i0, int64_t i1)
         double var = N > 0 ? mo.m2 / (double)N : NAN;
         double rs = 1.0 / sqrt(var + c->eps);
         c->mean[i] = mo.mean; c->rstd[i] = rs;
-        if (c->affineT) NF_S(nf_seg_apply_wbT)(xr, yr, N, mo.mean, rs, c->wT, c->bT, c->stream);
+        if (c->f32) nf_seg_apply_f32w((const float *)xr, (float *)yr, N, mo.mean, rs, c->wf, c->bf, c->stream);
+        else if (c->affineT) NF_S(nf_seg_apply_wbT)(xr, yr, N, mo.mean, rs, c->wT, c->bT, c->stream);
         else if (!c->w) NF_S(nf_seg_apply)(xr, yr, N, mo.mean, rs, 0.0, c->stream);
         else if (seg == 1)
             NF_S(nf_seg_apply_wb)(xr, yr, N, mo.mean, rs, c->w + (i % period) * N, c->b + (i % period) * N,
@@ -232,8 +234,17 @@ static int NF_S(nf_rows_forward)(const NF_T *x, NF_T *y, int64_t M, int64_t N, c
     if (M == 0) return 0;
     NF_S(nf_rows_ctx) c = {x, y, N, seg, seg > 0 ? N / seg : 0, period, w, b, eps, rms,
                            NF_HAVE_STREAM && y != x && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN, mean, rstd,
-                           NULL, NULL, 0};
+                           NULL, NULL, 0, 0, NULL, NULL};
+    /* float32-width normalization (opt-in) for LayerNorm / RMSNorm rows: the float64 affine
+     * (copies of the caller's float32 weights) converted back to float32, exactly */
+    float *wbf = NULL;
+    if (nf_float32_high && sizeof(NF_T) == 4 && seg == 1 && period == 1) {
+        if (w && !(wbf = (float *)malloc((size_t)(2 * N) * sizeof(float)))) return -1;
+        for (int64_t j = 0; w && j < N; ++j) { wbf[j] = (float)w[j]; wbf[N + j] = b ? (float)b[j] : 0.0f; }
+        c.f32 = 1; c.wf = wbf; c.bf = wbf ? wbf + N : NULL;
+    }
     nf_parallel(nf_threads(nt, M * N), M, nf_grain(N, NF_GRAIN_VALUES), NF_S(nf_rows_range), &c);
+    free(wbf);
     return 0;
 }
 
@@ -245,7 +256,12 @@ static int NF_S(nf_rows_forward_T)(const NF_T *x, NF_T *y, int64_t M, int64_t N,
     if (M == 0) return 0;
     NF_S(nf_rows_ctx) c = {x, y, N, 1, N, 1, NULL, NULL, eps, rms,
                            NF_HAVE_STREAM && y != x && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN, mean, rstd,
-                           w, b, w || b};
+                           w, b, w || b, 0, NULL, NULL};
+    if (nf_float32_high && sizeof(NF_T) == 4) {          /* float32-width normalization (opt-in) */
+        c.f32 = 1; c.wf = (const float *)w; c.bf = (const float *)b;
+        nf_parallel(nf_threads(nt, M * N), M, nf_grain(N, NF_GRAIN_VALUES), NF_S(nf_rows_range), &c);
+        return 0;
+    }
     /* Several rows: the affine converted to float64 once (N conversions) instead of in every row's
      * loop (2 of its ~8 vector operations per 8 values); the same values, so the same results. */
     double *wb = NULL;

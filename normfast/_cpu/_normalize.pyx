@@ -124,6 +124,21 @@ cdef extern from *:
     int nf_fast_omp_max() nogil
 
 # Thread state mirrored from normfast._threads (set_state): override (0: none), forked, CPU limit.
+cdef extern from "apply_f32.h":
+    int nf_float32_high
+
+
+def set_float32_high(bint high):
+    """The row-wise normalization of float32 data at float32 width (True) or in float64 (False):
+    normfast.set_float32_precision, see src_c/apply_f32.h."""
+    global nf_float32_high
+    nf_float32_high = high
+
+
+def float32_high():
+    return bool(nf_float32_high)
+
+
 cdef int _override = 0, _forked = 0, _cpu_limit = 1 << 20
 
 

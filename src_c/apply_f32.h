@@ -1,0 +1,67 @@
+/* normfast: the row-wise normalization at float32 SIMD width (float32 data, opt-in:
+ * normfast.set_float32_precision("high"); the default "highest" computes in float64).
+ *
+ * Scalar math, per row with float64 statistics m (mean) and r (rstd), float32 w and b:
+ *   mh = (float)m, ml = (float)(m - mh), rs = (float)r
+ *   y = ((((x - mh) - ml) * rs) * w) + b          (every operation in float32, 16 lanes;
+ *                                                  w = 1 and b = 0 when absent)
+ *
+ * NB: About the error bound (u = 2^-24, the float32 unit roundoff; T = (x - m) * r * w exact):
+ *   - the split: mh + ml = m up to u^2 |m|;
+ *   - x - mh is exact when x is within a factor 2 of mh (Sterbenz: data near its mean, e.g.
+ *     mean 1e4 / std 0.1); otherwise |x - mh| > |mh| / 2 >> |ml| and its rounding is at most
+ *     u relative to x - m (to first order);
+ *   - then - ml, rs = (float)r, * rs, * w: one rounding each, at most u relative;
+ *   so the product is T (1 + t) with |t| <= 5u + O(u^2), and the final + b adds at most u |y|:
+ *       |y - (T + b)| <= 5.01 u |T| + 1.01 u |y|
+ *   (3u |T| without weight and bias: * 1 and + 0 are exact).  At mean 1e4 / std 0.1 with
+ *   |T| <= 6 (six standard deviations) and no affine that is <= 1.1e-6 (the contract: 2e-6).
+ *   tests/test_precision.py checks the bound element by element against a long-double reference.
+ * The statistics are the float64 shifted sums of the default mode, so they, and the results'
+ * independence of the thread count, do not change. */
+#ifndef NF_APPLY_F32_H
+#define NF_APPLY_F32_H
+#include "common.h"
+
+static int nf_float32_high = 0;       /* normfast._cpu._normalize.set_float32_precision */
+
+#ifndef NF_V16F
+#define NF_V16F
+typedef float nf_v16f __attribute__((vector_size(64)));
+#endif
+
+static inline float nf_f32_apply1(float x, float mh, float ml, float rs, const float *w, const float *b, int64_t i)
+{
+    float v = ((x - mh) - ml) * rs;
+    if (w) v = v * w[i];
+    return v + (b ? b[i] : 0.0f);        /* + 0 without bias, as the default path (-0 + 0 = +0) */
+}
+
+NF_CLONES static void nf_seg_apply_f32w(const float *restrict x, float *restrict y, int64_t n, double m, double r,
+                                        const float *restrict w, const float *restrict b, int stream)
+{
+    const float mh = (float)m, ml = (float)(m - (double)mh), rs = (float)r;
+    int64_t i = 0;
+    if (stream)
+        for (; i < n && ((uintptr_t)(y + i) & 15); ++i) y[i] = nf_f32_apply1(x[i], mh, ml, rs, w, b, i);
+    for (; i + 16 <= n; i += 16) {
+        nf_v16f v, t;
+        memcpy(&v, x + i, 64);
+        v = ((v - mh) - ml) * rs;
+        if (w) { memcpy(&t, w + i, 64); v = v * t; }
+        if (b) { memcpy(&t, b + i, 64); v = v + t; } else v = v + 0.0f;
+#if NF_HAVE_STREAM
+        if (stream) {
+            __m128 q[4];
+            memcpy(q, &v, 64);
+            _mm_stream_ps(y + i, q[0]); _mm_stream_ps(y + i + 4, q[1]);
+            _mm_stream_ps(y + i + 8, q[2]); _mm_stream_ps(y + i + 12, q[3]);
+            continue;
+        }
+#endif
+        memcpy(y + i, &v, 64);
+    }
+    for (; i < n; ++i) y[i] = nf_f32_apply1(x[i], mh, ml, rs, w, b, i);
+}
+
+#endif
