@@ -132,6 +132,16 @@ def test_threads_restored():
     assert normfast.get_num_threads() == before
 
 
+def test_float32_precision_option(capsys):
+    """--float32-precision high runs the normfast peers at float32 width (said in the header) and
+    leaves the process's setting as it found it."""
+    assert normfast.get_float32_precision() == "highest"
+    assert bs.main(["--quick", "--shapes", "4x64", "--ops", "layer_norm", "--peers", "normfast",
+                    "--float32-precision", "high", "--no-progress"]) == 0
+    assert "normfast float32 precision: high" in capsys.readouterr().out
+    assert normfast.get_float32_precision() == "highest"
+
+
 def test_bad_arguments(capsys):
     assert bs.main(["--peers", "nope", "--no-progress"]) == 2
     assert "unknown peer" in capsys.readouterr().err

@@ -659,6 +659,9 @@ def make_parser():
     p.add_argument("--ort-no-spin", action="store_true",
                    help="ONNX Runtime threads sleep after each run (session.intra_op.allow_spinning=0) instead of "
                         "spinning (its default, which takes CPU from the peer timed next)")
+    p.add_argument("--float32-precision", choices=("highest", "high"), default="highest",
+                   help="normfast.set_float32_precision for the run: 'high' normalizes float32 rows at float32 "
+                        "width (see its docstring), 'highest' (default) in float64")
     p.add_argument("--json", metavar="PATH", help="write machine-readable results to PATH")
     p.add_argument("--markdown", action="store_true",
                    help="also print a compact Markdown table (one row per case, p50 / p99 per peer)")
@@ -696,11 +699,14 @@ def main(argv=None):
     env = Peers(nf, nf.get_num_threads(), args.threads if args.threads is not None else saved_nf, want,
                 not args.ort_no_spin)
     saved_torch = env.torch.get_num_threads() if env.torch is not None else None
+    saved_precision = nf.get_float32_precision()
     try:
         if env.torch is not None:
             env.torch.set_num_threads(env.threads)      # the same thread count for every peer
+        nf.set_float32_precision(args.float32_precision)
         return _run(args, env, ops)
     finally:                                            # main() may be called from Python: restore
+        nf.set_float32_precision(saved_precision)
         nf.set_num_threads(saved_nf)
         if saved_torch is not None:
             env.torch.set_num_threads(saved_torch)
@@ -712,6 +718,7 @@ def _run(args, env, ops):
     env.base = nb.Env({"normfast", "torch"} if env.torch is not None else {"normfast"})   # for the header
     text, info = header(env, env.threads, args.busy, plan, args.quick, timer_overhead_ns())
     print(text, flush=True)
+    print(f"normfast float32 precision: {args.float32_precision}", flush=True)
     for name, why in env.notes.items():
         print(f"note: {name} skipped: {why}")
     rng, pyrng = np.random.default_rng(args.seed), random.Random(args.seed)
