@@ -261,13 +261,19 @@ def rows_backward(dy, x, M, N, mean, rstd, w, needs, gh=None, out=None):
 # batch at once costs ~10 float64 values per statistic: more than an output when few values share a
 # statistic (16 spatial values in float16: 2.5 outputs; reliability issue, class 4).
 STAT_BLOCK = 1 << 15
+# ... and of at most ~CACHE_BLOCK bytes of output: the second pass over a block (normalization, or
+# grad_x from the block's sums) then reads its inputs from the last-level cache (32 MiB here)
+# instead of memory.  Large enough for the block's output to take streaming stores (NF_STREAM_MIN,
+# 4 MiB) and for the per-block calls (~20 us) to stay small next to the block's work.
+CACHE_BLOCK = 6 << 20
 
 
-def sample_blocks(A, C):
-    """Slices over a of x[A, B, C, D] with at most STAT_BLOCK statistics each (at least one
-    sample).  Every kernel's result for one (a, c) depends on (B, C, D) only, never on A, so a
-    blocked call gives bitwise the results of one call over the whole batch."""
-    step = max(1, STAT_BLOCK // max(C, 1))
+def sample_blocks(A, C, sample_bytes=0):
+    """Slices over a of x[A, B, C, D] with at most STAT_BLOCK statistics and about CACHE_BLOCK
+    bytes (``sample_bytes`` per sample) each, at least one sample.  Every kernel's result for one
+    (a, c) depends on (B, C, D) only, never on A, so a blocked call gives bitwise the results of
+    one call over the whole batch."""
+    step = max(1, min(STAT_BLOCK // max(C, 1), CACHE_BLOCK // max(sample_bytes, 1)))
     return [slice(a0, min(a0 + step, A)) for a0 in range(0, A, step)]
 
 
@@ -280,7 +286,7 @@ def moments_apply(xk, y, dims, w, b, eps, keep_stats):
     mean_all = np.empty(A * C) if keep_stats else None
     rstd_all = np.empty(A * C) if keep_stats else None
     sum_mean, sum_var = np.zeros(C), np.zeros(C)
-    for blk in sample_blocks(A, C):
+    for blk in sample_blocks(A, C, B * C * D * xk.itemsize):
         bd = (blk.stop - blk.start, B, C, D)
         n, mean, m2 = moments4d(xr[blk], bd)
         rstd = rstd_from(m2, n, eps)
@@ -313,7 +319,8 @@ def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs, out=Non
       dx = rstd * (g - sum(g) / n - xh * sum(g * xh) / n)     (training)
       dx = rstd * g                                             (statistics constant)
     evaluated as dx = dy * alpha + (x - mean) * beta + gamma with per-(a, c) coefficients,
-    computed per block of samples (sample_blocks).
+    computed per block of samples (sample_blocks); channels-first input (B = 1) with input
+    statistics takes the engine's fused per-row kernel (group_backward) where it has one.
     out: the checked ``out=`` (see grad_target), written directly when the kernel can.
     Returns (dx, dw, db) with dw/db float64 (C,) (None where not needed)."""
     A, B, C, D = dims
@@ -332,12 +339,27 @@ def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs, out=Non
         if dx is not out and out is dy:
             dx = dyk                      # in place on a grad_out the kernel reads through a copy
     xr, dyr = xk.reshape(A, B * C * D), dyk.reshape(A, B * C * D)
-    for blk in sample_blocks(A, C):
+    dxr = dx.reshape(A, B * C * D) if need_dx else None
+    eng = engine()
+    # channels-first with input statistics: one kernel per row of a (sample, group), fused
+    fused = training and B == 1 and C * D > 0 and eng.supports_group_backward
+    for blk in sample_blocks(A, C, B * C * D * xk.itemsize):
         a = blk.stop - blk.start
         bd = (a, B, C, D)
-        m = np.repeat(mean[blk], group, axis=1).reshape(-1)         # per (a, c)
         rs = np.repeat(rstd[blk], group, axis=1)
-        r = engine().reduce(xr[blk], bd, Reduce.GRAD_SUMS, dyr[blk], m)
+        if fused:
+            r = eng.group_backward(xr[blk], dyr[blk], dxr[blk] if need_dx else None, a * G, group * D, D, G,
+                                   np.ascontiguousarray(mean[blk]).reshape(-1),
+                                   np.ascontiguousarray(rstd[blk]).reshape(-1), wc)
+            sdy, sxh = r[:, 0].reshape(a, C), r[:, 1].reshape(a, C)
+            sxh *= rs
+            if need_dw:
+                dw += sxh.sum(axis=0)
+            if need_db:
+                db += sdy.sum(axis=0)
+            continue
+        m = np.repeat(mean[blk], group, axis=1).reshape(-1)         # per (a, c)
+        r = eng.reduce(xr[blk], bd, Reduce.GRAD_SUMS, dyr[blk], m)
         sdy = r[:, 1].reshape(a, C)                            # sum(dy) per (a, c)       (views of r)
         sxh = r[:, 2].reshape(a, C)
         sxh *= rs                                              # sum(dy * xh) per (a, c)
@@ -362,8 +384,7 @@ def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs, out=Non
             gamma.reshape(a, G, group)[...] *= s1           # -rstd * s1 / n
         else:
             beta = gamma = np.zeros_like(alpha)
-        engine().apply(xr[blk], bd, m, beta.reshape(-1), gamma.reshape(-1), dx.reshape(A, B * C * D)[blk], dyr[blk],
-                       alpha.reshape(-1))
+        eng.apply(xr[blk], bd, m, beta.reshape(-1), gamma.reshape(-1), dxr[blk], dyr[blk], alpha.reshape(-1))
     if need_dx:
         dx = grad_finish(out, x, dx)
     return dx, dw, db

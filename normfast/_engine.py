@@ -45,6 +45,7 @@ class Engine(Protocol):
     name: str                    # "cpu", "cuda"
     xp: object                   # the array module of x-sized arrays (numpy, cupy)
     supports_samples: bool       # has samples_forward (fused per-sample channels-last norms)
+    supports_group_backward: bool   # has group_backward (channels-first group/instance backward, fused per row)
 
     # array handling
     @staticmethod
@@ -76,6 +77,11 @@ class Engine(Protocol):
     @staticmethod
     def samples_forward(x, y, A, B, G, D, w, b, eps) -> Optional[Tuple[np.ndarray, np.ndarray]]: ...
     #     only when supports_samples: per-sample fused channels-last group/instance norm
+    @staticmethod
+    def group_backward(x, dy, dx, M, N, seg, period, mean, rstd, w) -> np.ndarray: ...
+    #     only when supports_group_backward: rows of N = nseg * seg values (channel (i % period) * nseg + j
+    #     for segment j of row i), dx written (None: not wanted); returns (M * nseg, 2) float64 per-segment
+    #     (sum dy, sum dy * (x - mean))
 
 
 METHODS = ("kernel_dtype", "kernel_array", "writable_as_is", "empty", "to_host", "reduce", "apply", "rows_forward",

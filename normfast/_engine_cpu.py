@@ -42,6 +42,7 @@ class CpuEngine:
     name = "cpu"
     xp = np
     supports_samples = True
+    supports_group_backward = True
 
     @staticmethod
     def kernel_dtype(dtype):
@@ -118,3 +119,11 @@ class CpuEngine:
             w = np.ones(N, dtype=np.float64)
         _backward.rows_backward(x, dy, gh, M, N, mean, rstd, w, dx, dw, db, get_num_threads())
         return dx, dw, db
+
+    @staticmethod
+    def group_backward(x, dy, dx, M, N, seg, period, mean, rstd, w):
+        """Channels-first group / instance norm backward fused per row (src_c/group_backward_t.h).
+        Returns the (M * N / seg, 2) float64 per-segment sums (sum dy, sum dy * (x - mean))."""
+        sums = np.empty((M * (N // seg), 2), dtype=np.float64)
+        _normalize.group_backward(x, dy, dx, M, N, seg, period, mean, rstd, w, sums, get_num_threads())
+        return sums

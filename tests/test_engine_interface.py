@@ -23,6 +23,7 @@ def test_engines_implement_the_protocol():
             assert list(impl.parameters) == list(proto.parameters), (eng.__name__, name)
         assert isinstance(eng.supports_samples, bool) and isinstance(eng.name, str)
         assert callable(getattr(eng, "samples_forward", None)) == eng.supports_samples
+        assert callable(getattr(eng, "group_backward", None)) == eng.supports_group_backward
 
 
 def test_plan_is_named():

@@ -14,6 +14,9 @@ cdef extern from "normalize.h" nogil:   # nf_name(dt, ...): src_c/dispatch.h
                             const double *w, const double *b, double eps, int rms, double *mean, double *rstd, int nt)
     int nf_samples_forward(int dt, const void *x, void *y, int64_t A, int64_t B, int64_t G, int64_t D,
                            const double *w, const double *b, double eps, double *mean, double *rstd, int nt)
+    int nf_group_backward(int dt, const void *x, const void *dy, void *dx, int64_t M, int64_t N, int64_t seg,
+                          int64_t period, const double *mean, const double *rstd, const double *w, double *sums,
+                          int nt)
     # rows_fast's: w/b in x's type (float32/float64 only there)
     int nf_rows_forward_T(int dt, const void *x, void *y, int64_t M, int64_t N, const void *w, const void *b,
                           double eps, int rms, double *mean, double *rstd, int nt)
@@ -62,6 +65,29 @@ def rows_forward(x, y, int64_t M, int64_t N, w, b, int64_t seg, int64_t period, 
     with nogil:
         rc = nf_rows_forward(t, px, py, M, N, pw, pb, seg, period, eps, rms, pmean, prstd, nt)
     _check_rc(rc, "rows_forward")
+
+
+def group_backward(x, dy, dx, int64_t M, int64_t N, int64_t seg, int64_t period, mean, rstd, w, sums, int nt):
+    """Channels-first group / instance norm backward fused per row (src_c/group_backward_t.h): rows
+    of N = nseg * seg values; dx (x's dtype, may be x or dy; None: sums only); mean/rstd (M,), w
+    (period * nseg,) and sums (M * nseg * 2,) float64."""
+    cdef int rc = 0, t = _float_type(x)
+    cdef int64_t n = _prod(M, N)
+    if period < 1 or seg < 1 or N % seg:
+        raise ValueError("normfast kernel boundary: seg must divide N and period be >= 1")
+    cdef int64_t nseg = N // seg
+    if M % period:
+        raise ValueError("normfast kernel boundary: period must divide M")
+    cdef void *px = _data(x, "x", t, n)
+    cdef void *pg = _data(dy, "dy", t, n)
+    cdef void *pdx = _data(dx, "dx", t, n, True, True)
+    cdef const double *pmean = <const double *>_data(mean, "mean", F64, M)
+    cdef const double *prstd = <const double *>_data(rstd, "rstd", F64, M)
+    cdef const double *pw = <const double *>_data(w, "w", F64, _prod(period, nseg))
+    cdef double *ps = <double *>_data(sums, "sums", F64, _prod(M, nseg, 2), True)
+    with nogil:
+        rc = nf_group_backward(t, px, pg, pdx, M, N, seg, period, pmean, prstd, pw, ps, nt)
+    _check_rc(rc, "group_backward")
 
 
 def rows_add_forward(x, res, h, y, int64_t M, int64_t N, w, b, double eps, bint rms, mean, rstd, int nt):

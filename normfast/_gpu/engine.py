@@ -300,6 +300,7 @@ class GpuEngine:
     name = "cuda"
     xp = _LazyCupy()
     supports_samples = False      # channels-last group/instance norm: statistics, then apply
+    supports_group_backward = False   # channels-first group/instance backward: sums, then apply
 
     # ---------------------------------------------------------------- arrays
 
