@@ -321,3 +321,34 @@ class TestBackward(BackwardTests):
             normfast.layer_norm_backward(dy, x, mean, rstd, (5, 6))
         with pytest.raises(ValueError):
             normfast.layer_norm_backward(dy, x, mean, rstd, (6, 5), np.ones(5))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+@pytest.mark.parametrize("op", ["group", "instance"])
+def test_fused_channels_first_backward_matches_two_pass(monkeypatch, op, dtype, rtol):
+    """Channels-first group / instance backward runs one fused kernel per (sample, group) row
+    (src_c/group_backward_t.h); the engine's two-kernel path (reduce, then apply) gives the same
+    gradients up to rounding."""
+    from normfast._engine_cpu import CpuEngine
+    rng = np.random.default_rng(7)
+    x = (50 + rng.standard_normal((3, 6, 5, 7))).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    w = rng.standard_normal(6)
+    calls = []
+    orig = CpuEngine.group_backward
+    monkeypatch.setattr(CpuEngine, "group_backward", staticmethod(lambda *a: calls.append(1) or orig(*a)))
+
+    def grads():
+        if op == "group":
+            _, m, r = normfast.group_norm(x, 3, w, return_stats=True)
+            return normfast.group_norm_backward(dy, x, m, r, 3, w)
+        _, m, r = normfast.instance_norm(x, weight=w, return_stats=True)
+        return normfast.instance_norm_backward(dy, x, m, r, w)
+
+    fused = grads()
+    assert calls, "the fused kernel was not used"
+    monkeypatch.setattr(CpuEngine, "supports_group_backward", False)
+    two_pass = grads()
+    for a, b in zip(fused, two_pass):
+        scale = np.abs(b.astype(np.float64)).max()
+        np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=rtol * scale)

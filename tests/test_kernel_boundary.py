@@ -40,6 +40,12 @@ def _calls(t):
                                                                  a["mean"], a["rstd"], 1),
                             {"x": x, "y": np.empty(n, t), "mean": np.empty(A * C), "rstd": np.empty(A * C)},
                             {"y", "mean", "rstd"}),
+        # rows of 2 channels x 20 positions, 3 groups per sample (period), weights per channel
+        "group_backward": (lambda a: _normalize.group_backward(a["x"], a["dy"], a["dx"], M, N, 20, 3, a["mean"],
+                                                               a["rstd"], a["w"], a["sums"], 1),
+                           {"x": np.ones(M * N, t), "dy": np.ones(M * N, t), "dx": np.empty(M * N, t),
+                            "mean": np.zeros(M), "rstd": np.ones(M), "w": np.ones(3 * 2), "sums": np.empty(M * 2 * 2)},
+                           {"dx", "sums"}),
     }
 
 
@@ -71,7 +77,7 @@ def test_unspoiled_calls_work(t):
 
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from(["reduce4d", "apply4d", "rows_forward", "rows_add_forward", "rows_backward",
-                        "samples_forward"]), st.sampled_from([np.float32, np.float64]), st.data())
+                        "samples_forward", "group_backward"]), st.sampled_from([np.float32, np.float64]), st.data())
 def test_spoiled_argument_raises(kernel, t, data):
     call, args, writes = _calls(t)[kernel]
     name = data.draw(st.sampled_from(sorted(args)))
