@@ -21,9 +21,10 @@
  * A worker the OS preempts while it holds a claimed unit still makes the caller wait (a unit
  * cannot be redone by another thread: in-place outputs and accumulated partials are not
  * idempotent).  So the pool watches itself: when the caller of a job had to wait for workers more
- * than NF_POOL_STALL_NS plus a quarter of its own share, the cores are busy with other work, and
- * jobs run serially for
- * a back-off period (NF_POOL_BACKOFF_NS, doubling on repeated stalls up to 64x, reset by a
+ * than NF_POOL_STALL_NS plus its own share of the job (a worker that took over twice the caller's
+ * time: not an uneven share, e.g. first-touch page faults of a new output, which the measured
+ * quarter-share rule mistook for preemption on layer_norm (2048, 1024) and sent whole runs serial),
+ * the cores are busy with other work, and jobs run serially for a back-off period (NF_POOL_BACKOFF_NS, doubling on repeated stalls up to 64x, reset by a
  * job that runs without one); then one parallel job probes again.  Serial jobs give the same
  * results, so this changes only the timing.
  */
@@ -46,7 +47,7 @@
 
 #define NF_POOL_MAX 256        /* worker threads at most */
 #define NF_POOL_SPIN 2000      /* pause instructions a worker spins after a job (~20 us) */
-#define NF_POOL_STALL_NS 10000      /* a caller waiting > 10 us + 1/4 of its own share of the job for
+#define NF_POOL_STALL_NS 10000      /* a caller waiting > 10 us + its own share of the job for
                                        workers: a unit's worth of work is ~2-5 us, so only a preempted
                                        (or slowed) worker makes it wait that long */
 #define NF_POOL_BACKOFF_NS 20000000 /* 20 ms of serial jobs after a stall (x2 per repeated stall) */
@@ -179,7 +180,7 @@ static void nf_pool_run(int nt, int64_t U, int64_t grain, nf_range_fn fn, void *
         const int64_t t0 = nf_now_ns();
         while (atomic_load(&nf_pool.active) > 0) nf_pause();   /* only workers holding claimed units */
         const int64_t t1 = nf_now_ns();
-        if (t1 - t0 > NF_POOL_STALL_NS + (t0 - start) / 4) {
+        if (t1 - t0 > NF_POOL_STALL_NS + (t0 - start)) {
             atomic_fetch_add(&nf_pool.stalls, 1);
             nf_pool.serial_until = t1 + ((int64_t)NF_POOL_BACKOFF_NS << nf_pool.backoff_shift);
             if (nf_pool.backoff_shift < 6) nf_pool.backoff_shift++;
