@@ -425,8 +425,9 @@ def test_torch_one_runtime_and_predictable_thread_counts():
     pytest.importorskip("torch")
     if not sys.platform.startswith("linux"):
         pytest.skip("reads /proc/self/maps")
-    res = subprocess.run([sys.executable, "-c", TORCH_SCRIPT], capture_output=True, text=True, timeout=120,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "."})
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": "."}
+    env.update({k: v for k, v in os.environ.items() if k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")})
+    res = subprocess.run([sys.executable, "-c", TORCH_SCRIPT], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     out = eval(res.stdout.strip().splitlines()[-1])
     assert len(out["gomp"]) == 1, out["gomp"]            # one OpenMP runtime (torch's libgomp)
