@@ -38,3 +38,22 @@ def test_results_in_reused_blocks_are_right():
         views = y[::2]                                     # a view keeps the block alive
         del y
         assert_close_ref(views, ref_layer_norm(x, 512)[0][::2])
+
+
+def test_a_full_cache_of_other_sizes_admits_the_block_just_freed():
+    """The cache evicts the least recently freed block: after MAX_BLOCKS large blocks filled it
+    (an earlier layer), a repeated smaller output is still served from the cache (no fresh
+    mapping, no page faults on every call)."""
+    _alloc.clear()
+    big = [_alloc.empty((2048, 1024), np.float32) for _ in range(_alloc.MAX_BLOCKS)]   # 8 MiB each
+    del big
+    assert len(_alloc._cache_sizes()) == _alloc.MAX_BLOCKS
+    small = _alloc.empty((512, 1024), np.float32)                                   # 2 MiB
+    addr = small.ctypes.data
+    del small
+    assert (2 << 20) in _alloc._cache_sizes() and len(_alloc._cache_sizes()) == _alloc.MAX_BLOCKS
+    again = _alloc.empty((512, 1024), np.float32)
+    assert again.ctypes.data == addr                     # the same block, from the cache
+    del again
+    assert _alloc.cached_bytes() <= _alloc.MAX_BYTES
+    _alloc.clear()

@@ -7,8 +7,8 @@ transparent huge pages requested (one fault per 2 MiB where the kernel grants th
 the array that owns one is freed, kept for the next output of a similar size instead of being
 unmapped: a server normalizing the same shapes call after call writes into pages that are
 already there.  The cache holds at most MAX_BLOCKS blocks and MAX_BYTES bytes (environment
-NORMFAST_BLOCK_CACHE_MB, 0 disables it); a block is reused for a request of at least half its
-size.  ``clear()`` unmaps every cached block.
+NORMFAST_BLOCK_CACHE_MB, 0 disables it), evicting the least recently freed block; a block is
+reused for a request of at least half its size.  ``clear()`` unmaps every cached block.
 """
 import os
 
@@ -73,11 +73,18 @@ cdef class Block:
         global _cached_bytes
         if self.ptr == NULL:
             return
-        if len(_cache) < MAX_BLOCKS and _cached_bytes + self.size <= MAX_BYTES:
-            _cache.append((self.size, <uintptr_t>self.ptr))
-            _cached_bytes += self.size
-        else:
+        if self.size > MAX_BYTES:
             munmap(self.ptr, <size_t>self.size)
+            self.ptr = NULL
+            return
+        # least recently freed first out: a full cache of other sizes (an earlier layer's, another
+        # shape's) must not turn every later output into a fresh, faulting mapping
+        _cache.append((self.size, <uintptr_t>self.ptr))
+        _cached_bytes += self.size
+        while len(_cache) > MAX_BLOCKS or _cached_bytes > MAX_BYTES:
+            size, addr = _cache.pop(0)
+            _cached_bytes -= size
+            munmap(<void *><uintptr_t>addr, <size_t>size)
         self.ptr = NULL
 
 
@@ -87,7 +94,7 @@ cdef Block _block(Py_ssize_t nbytes):
     cdef Py_ssize_t i
     cdef void *p
     cdef Py_ssize_t size
-    for i in range(len(_cache)):
+    for i in range(len(_cache) - 1, -1, -1):      # the most recently freed first (warmest)
         size = _cache[i][0]
         addr = _cache[i][1]
         if nbytes <= size <= 2 * nbytes:
