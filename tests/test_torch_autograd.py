@@ -90,3 +90,28 @@ def test_eager_row_paths_equal_the_numpy_operators(shape, nshape, affine, rms, d
         np.testing.assert_array_equal(w.grad.numpy(), gw)
     if b is not None:
         np.testing.assert_array_equal(b.grad.numpy(), gb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "2d"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_eval_batch_norm_direct_path_equals_the_general_path(layout, affine, dtype):
+    """Eval-mode batch_norm on plain tensors goes straight to the kernels (no argument parsing):
+    y and the statistics are bitwise those of the general path, in x's memory format."""
+    import numpy as np
+    from normfast.torch import _impl
+    g = torch.Generator().manual_seed(4)
+    shape = (3, 5) if layout == "2d" else (3, 5, 4, 6)
+    x = (10 + torch.randn(shape, generator=g)).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    rm, rv = torch.randn(5, generator=g).to(dtype), (torch.rand(5, generator=g) + 0.5).to(dtype)
+    w, b = (torch.randn(5, generator=g).to(dtype), torch.randn(5, generator=g).to(dtype)) if affine else (None, None)
+    direct = _impl._batch_norm_eval_direct(x, w, b, rm, rv, 1e-5)
+    assert direct is not None
+    general = _impl._with_buffers(_impl._batch_norm.batch_norm, x, w, b, rm, rv, False, 0.1, 1e-5)
+    for a, c in zip(direct, general):
+        np.testing.assert_array_equal(a.numpy(), c.numpy())
+    assert direct[0].stride() == x.stride()
+    y = nft.batch_norm(x, rm, rv, w, b, training=False)
+    np.testing.assert_array_equal(y.numpy(), direct[0].numpy())
