@@ -347,47 +347,47 @@ def channel_backward(dy, x, dims, mean, rstd, w, group, training, needs, out=Non
         a = blk.stop - blk.start
         bd = (a, B, C, D)
         rs = np.repeat(rstd[blk], group, axis=1)
-        if fused:
+        if fused:                      # the sums, and dx written by the same kernel
             r = eng.group_backward(xr[blk], dyr[blk], dxr[blk] if need_dx else None, a * G, group * D, D, G,
                                    np.ascontiguousarray(mean[blk]).reshape(-1),
                                    np.ascontiguousarray(rstd[blk]).reshape(-1), wc)
             sdy, sxh = r[:, 0].reshape(a, C), r[:, 1].reshape(a, C)
-            sxh *= rs
-            if need_dw:
-                dw += sxh.sum(axis=0)
-            if need_db:
-                db += sdy.sum(axis=0)
-            continue
-        m = np.repeat(mean[blk], group, axis=1).reshape(-1)         # per (a, c)
-        r = eng.reduce(xr[blk], bd, Reduce.GRAD_SUMS, dyr[blk], m)
-        sdy = r[:, 1].reshape(a, C)                            # sum(dy) per (a, c)       (views of r)
-        sxh = r[:, 2].reshape(a, C)
-        sxh *= rs                                              # sum(dy * xh) per (a, c)
+        else:
+            m = np.repeat(mean[blk], group, axis=1).reshape(-1)         # per (a, c)
+            r = eng.reduce(xr[blk], bd, Reduce.GRAD_SUMS, dyr[blk], m)
+            sdy, sxh = r[:, 1].reshape(a, C), r[:, 2].reshape(a, C)    # sum(dy), sum(dy * (x - m))
+        sxh *= rs                                                      # sum(dy * xh) per (a, c)
         if need_dw:
             dw += sxh.sum(axis=0)
         if need_db:
             db += sdy.sum(axis=0)
-        if not need_dx:
-            continue
-        alpha = rs * wc
-        if training:
-            n = float(B * D * group)
-            sdy *= wc
-            sxh *= wc
-            s1 = sdy.reshape(a, G, group).sum(axis=2)[:, :, None]      # per (a, group), broadcast below
-            s2 = sxh.reshape(a, G, group).sum(axis=2)[:, :, None]
-            del r, sdy, sxh
-            beta = np.multiply(rs, rs)
-            beta.reshape(a, G, group)[...] *= s2
-            beta *= -1.0 / n                                # -rstd^2 * s2 / n
-            gamma = np.multiply(rs, -1.0 / n)
-            gamma.reshape(a, G, group)[...] *= s1           # -rstd * s1 / n
-        else:
-            beta = gamma = np.zeros_like(alpha)
-        eng.apply(xr[blk], bd, m, beta.reshape(-1), gamma.reshape(-1), dxr[blk], dyr[blk], alpha.reshape(-1))
+        if need_dx and not fused:
+            _channel_grad_x(eng, xr[blk], dyr[blk], dxr[blk], bd, m, rs, wc, sdy, sxh, group, training)
     if need_dx:
         dx = grad_finish(out, x, dx)
     return dx, dw, db
+
+
+def _channel_grad_x(eng, x, dy, dx, dims, m, rs, wc, sdy, sxh, group, training):
+    """dx = dy * alpha + (x - m) * beta + gamma on one block x[a, B, C, D] from its per-(a, c) sums
+    (sdy, sxh: overwritten), rstd rs and weight wc (see channel_backward)."""
+    a, B, C, D = dims
+    G = C // group
+    alpha = rs * wc
+    if training:
+        n = float(B * D * group)
+        sdy *= wc
+        sxh *= wc
+        s1 = sdy.reshape(a, G, group).sum(axis=2)[:, :, None]      # per (a, group), broadcast below
+        s2 = sxh.reshape(a, G, group).sum(axis=2)[:, :, None]
+        beta = np.multiply(rs, rs)
+        beta.reshape(a, G, group)[...] *= s2
+        beta *= -1.0 / n                                # -rstd^2 * s2 / n
+        gamma = np.multiply(rs, -1.0 / n)
+        gamma.reshape(a, G, group)[...] *= s1           # -rstd * s1 / n
+    else:
+        beta = gamma = np.zeros_like(alpha)
+    eng.apply(x, dims, m, beta.reshape(-1), gamma.reshape(-1), dx, dy, alpha.reshape(-1))
 
 
 def check_needs(needs, k, fname):
