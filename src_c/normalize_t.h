@@ -257,15 +257,13 @@ static int NF_S(nf_rows_forward_T)(const NF_T *x, NF_T *y, int64_t M, int64_t N,
     NF_S(nf_rows_ctx) c = {x, y, N, 1, N, 1, NULL, NULL, eps, rms,
                            NF_HAVE_STREAM && y != x && M * N * (int64_t)sizeof(NF_T) >= NF_STREAM_MIN, mean, rstd,
                            w, b, w || b, 0, NULL, NULL};
+    double *wb = NULL;
     if (nf_float32_high && sizeof(NF_T) == 4) {          /* float32-width normalization (opt-in) */
         c.f32 = 1; c.wf = (const float *)w; c.bf = (const float *)b;
-        nf_parallel(nf_threads(nt, M * N), M, nf_grain(N, NF_GRAIN_VALUES), NF_S(nf_rows_range), &c);
-        return 0;
     }
     /* Several rows: the affine converted to float64 once (N conversions) instead of in every row's
      * loop (2 of its ~8 vector operations per 8 values); the same values, so the same results. */
-    double *wb = NULL;
-    if ((w || b) && M > 1 && (wb = (double *)malloc((size_t)(2 * N) * sizeof(double)))) {
+    else if ((w || b) && M > 1 && (wb = (double *)malloc((size_t)(2 * N) * sizeof(double)))) {
         for (int64_t j = 0; j < N; ++j) {
             wb[j] = w ? NF_TOD(w[j]) : 1.0;
             wb[N + j] = b ? NF_TOD(b[j]) : 0.0;
