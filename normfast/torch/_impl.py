@@ -131,7 +131,7 @@ def _rows_backward_direct(grad_out, x, mean, rstd, normalized_shape, weight, out
     same kernel call, on the same arrays, as the general path (``normfast.layer_norm_backward``),
     without its argument parsing (~20 us for a (16, 768) call); None for any other call."""
     dt = x.dtype
-    if (dt not in _FAST or grad_out.dtype is not dt
+    if (dt not in _FAST or not x.is_cpu or grad_out.dtype is not dt
             or (weight is not None and (weight.dtype is not dt or not weight.is_contiguous()))
             or rstd.dtype is not torch.float64 or not rstd.is_contiguous()
             or (mean is not None and (mean.dtype is not torch.float64 or not mean.is_contiguous()))):
@@ -295,8 +295,8 @@ def _batch_norm_eval_direct(x, weight, bias, running_mean, running_var, eps):
     on the same arrays (running_stats, apply_affine) without its argument parsing (~50 us for a
     small channels_last call); None for any other call."""
     dt = x.dtype
-    if dt not in _FAST or x.dim() < 2 or running_mean is None or running_var is None or type(eps) is not float \
-            or not eps >= 0:
+    if dt not in _FAST or not x.is_cpu or x.dim() < 2 or running_mean is None or running_var is None \
+            or type(eps) is not float or not eps >= 0 or x.shape[1] == 0:
         return None
     C = x.shape[1]
     for t in (weight, bias, running_mean, running_var):
