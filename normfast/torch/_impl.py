@@ -291,7 +291,7 @@ def _channel_grads(backward, grad_out, x, weight, output_mask, *args):
 
 def _batch_norm_eval_direct(x, weight, bias, running_mean, running_var, eps):
     """Eval-mode batch_norm for the common call (float32/float64 CPU tensors of one dtype, (C,)
-    contiguous parameters and buffers, x contiguous or channels_last): the general path's operations
+    contiguous parameters and buffers): the general path's layout and operations
     on the same arrays (running_stats, apply_affine) without its argument parsing (~50 us for a
     small channels_last call); None for any other call."""
     dt = x.dtype
@@ -302,15 +302,7 @@ def _batch_norm_eval_direct(x, weight, bias, running_mean, running_var, eps):
     for t in (weight, bias, running_mean, running_var):
         if t is not None and (t.dtype is not dt or tuple(t.shape) != (C,) or not t.is_contiguous()):
             return None
-    if x.dim() > 2 and not x.is_contiguous():
-        xl = x.movedim(1, -1)
-        if not xl.is_contiguous():
-            return None
-        ca = -1
-    elif x.is_contiguous():
-        xl, ca = x, 1
-    else:
-        return None
+    xl, ca = channel_layout(x)             # the general path's layout (_with_buffers)
     xa = _view(xl)
     n = xa.size
     dims = (1, n // C, C, 1) if ca == -1 else (1, x.shape[0], C, n // (x.shape[0] * C) if n else 0)
