@@ -68,17 +68,11 @@ NF_CLONES static void nf_seg_apply_f32w(const float *restrict x, float *restrict
  * always: the row-wise backward's tile does the same, see backward_t.h).  Per segment of one
  * channel (weight wj) of a row with float64 mean m, rstd r and c1 = s1 / n, c2 = s2 / n (float64
  * row sums, s2 = sum(g * xh)):
- *   Scalar math: xh = ((x - mh) - ml) * rs;  dx = (wj * dy - c1h - c1l) * rs - xh * k2
+ *   Scalar math: xh = ((x - mh) - ml) * rs;  dx = (wj * dy - c1h - c1l) * rs - xh * k2   (16 lanes; the
+ *   tail in float64: dx = r * (wj * dy - c1 - xh * c2))
  * with mh + ml = m, c1h + c1l = c1 (float32 splits), rs = (float)r, k2 = (float)(r * c2).
  * x - mh is exact for x within a factor 2 of the mean (Sterbenz), so a large offset in x does not
  * cancel in float32; c1 is subtracted in two parts so a large offset in dy does not either. */
-static inline float nf_gbwd1_f32(float x, float d, float wj, float mh, float ml, float rs, float c1h, float c1l,
-                                 float k2)
-{
-    const float h = ((x - mh) - ml) * rs;
-    return ((wj * d - c1h) - c1l) * rs - h * k2;
-}
-
 NF_CLONES static void nf_seg_bwd_f32(const float *restrict x, const float *restrict dy, float *restrict dx,
                                      int64_t n, double wj, double m, double r, double c1, double c2)
 {
@@ -92,7 +86,13 @@ NF_CLONES static void nf_seg_bwd_f32(const float *restrict x, const float *restr
         const nf_v16f v = ((wf * dv - c1h) - c1l) * rs - h * k2;
         memcpy(dx + i, &v, 64);
     }
-    for (; i < n; ++i) dx[i] = nf_gbwd1_f32(x[i], dy[i], wf, mh, ml, rs, c1h, c1l, k2);
+    /* the last n % 16 values: the float64 formula (as the row-wise tile's tail, backward_t.h), so a
+     * segment shorter than 16 -- one value per statistic, where g - c1 cancels exactly and rstd may
+     * be 1 / sqrt(eps) -- keeps float64 accuracy */
+    for (; i < n; ++i) {
+        const double xh = ((double)x[i] - m) * r;
+        dx[i] = (float)(r * (wj * (double)dy[i] - c1 - xh * c2));
+    }
 }
 
 #endif
