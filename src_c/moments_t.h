@@ -8,6 +8,17 @@
  * Units write partials to a buffer; partials are merged per (a, c) in a fixed order.
  */
 
+/* The row sums read NF_PF_BYTES ahead: a row of a few KB ends about when the hardware prefetcher
+ * has trained on it, so without this each row streams from memory at about half the bandwidth.
+ * Measured (2-core AVX-512 VM, float32, medians): moments((16384, 1024), axis=-1), 1 thread,
+ * 5.0 -> 2.5 ms; layer_norm (16384, 1024) out=, 2 threads, 4.7 -> 3.1 ms (a copy of the same
+ * bytes: 3.1 ms); in-cache rows unchanged within noise.  A prefetch past the end never faults. */
+#ifndef NF_ROW_PREFETCH
+#define NF_PF_BYTES 4096
+#define NF_ROW_PREFETCH(p) do { const char *pp_ = (const char *)(p) + NF_PF_BYTES; __builtin_prefetch(pp_); \
+        if (sizeof(NF_T) == 8) __builtin_prefetch(pp_ + 64); } while (0)
+#endif
+
 /* Scalar math: d = x[i] - k; s1 += d; s2 += d * d   (lane i % NF_LANES) */
 NF_CLONES static void NF_S(nf_seg_sums)(const NF_T *restrict x, int64_t n, double k, double *restrict acc)
 {
@@ -15,6 +26,7 @@ NF_CLONES static void NF_S(nf_seg_sums)(const NF_T *restrict x, int64_t n, doubl
     memcpy(&a0, acc, 64); memcpy(&a1, acc + 8, 64); memcpy(&b0, acc + 16, 64); memcpy(&b1, acc + 24, 64);
     int64_t i = 0;
     for (; i + NF_LANES <= n; i += NF_LANES) {
+        NF_ROW_PREFETCH(x + i);
         nf_v8d d0 = NF_LOAD8(x + i) - kv, d1 = NF_LOAD8(x + i + 8) - kv;
         a0 += d0; a1 += d1; b0 += d0 * d0; b1 += d1 * d1;
     }
@@ -33,6 +45,7 @@ NF_CLONES static void NF_S(nf_seg_dsums)(const NF_T *restrict x, const NF_T *res
     memcpy(&a0, acc, 64); memcpy(&a1, acc + 8, 64); memcpy(&b0, acc + 16, 64); memcpy(&b1, acc + 24, 64);
     int64_t i = 0;
     for (; i + NF_LANES <= n; i += NF_LANES) {
+        NF_ROW_PREFETCH(x + i); NF_ROW_PREFETCH(dy + i);
         nf_v8d g0 = NF_LOAD8(dy + i), g1 = NF_LOAD8(dy + i + 8);
         a0 += g0; a1 += g1;
         b0 += g0 * (NF_LOAD8(x + i) - mv); b1 += g1 * (NF_LOAD8(x + i + 8) - mv);
