@@ -183,7 +183,7 @@ NF_CLONES static void NF_S(nf_rows_bwd_tile32)(const NF_T *restrict x, const NF_
             if (db) {
                 nf_v8f dlo, dhi;
                 memcpy(&dlo, &d, 32); memcpy(&dhi, (const char *)&d + 32, 32);
-                db0 += __builtin_convertvector(dlo, nf_v8d); db1 += __builtin_convertvector(dhi, nf_v8d);
+                db0 += nf_f2d8(dlo); db1 += nf_f2d8(dhi);
             }
             if (dx) {
                 nf_v16f v = (wv * d - c1h[r] - c1l[r]) * rs[r] - h * k2[r];
@@ -197,7 +197,7 @@ NF_CLONES static void NF_S(nf_rows_bwd_tile32)(const NF_T *restrict x, const NF_
             if (dw) {
                 memcpy(&lo, &dwv, 32); memcpy(&hi, (const char *)&dwv + 32, 32);
                 memcpy(&a, dw + j, 64); memcpy(&b, dw + j + 8, 64);
-                a += __builtin_convertvector(lo, nf_v8d); b += __builtin_convertvector(hi, nf_v8d);
+                a += nf_f2d8(lo); b += nf_f2d8(hi);
                 memcpy(dw + j, &a, 64); memcpy(dw + j + 8, &b, 64);
             }
             if (db) {

@@ -71,7 +71,15 @@ typedef struct { double n, mean, m2; } nf_mom;
 typedef double nf_v8d __attribute__((vector_size(64)));
 typedef float nf_v8f __attribute__((vector_size(32)));
 static inline nf_v8d nf_splat(double v) { nf_v8d r = {v, v, v, v, v, v, v, v}; return r; }
-#define NF_LOAD8_float(p) __extension__({ nf_v8f t_; memcpy(&t_, (p), sizeof t_); __builtin_convertvector(t_, nf_v8d); })
+/* float -> double, 8 lanes.  Written element by element because GCC 12 lowers
+ * __builtin_convertvector(nf_v8f, nf_v8d) to two 128-bit conversions plus an extract and an insert
+ * even in the AVX-512 clone (5 instructions where one vcvtps2pd zmm does it); the element-wise
+ * initializer gives the single instruction.  The same exact conversion, so the same values.
+ * Measured (2-core AVX-512 VM, float32, 1 thread, kernel only): the row-wise backward (16, 768)
+ * 8.2 -> 4.9 us, (128, 768) 54 -> 35 us; layer_norm (128, 4096) 149 -> 131 us. */
+#define nf_f2d8(f) __extension__({ const nf_v8f f_ = (f); \
+        (nf_v8d){f_[0], f_[1], f_[2], f_[3], f_[4], f_[5], f_[6], f_[7]}; })
+#define NF_LOAD8_float(p) __extension__({ nf_v8f t_; memcpy(&t_, (p), sizeof t_); nf_f2d8(t_); })
 #define NF_LOAD8_double(p) __extension__({ nf_v8d t_; memcpy(&t_, (p), sizeof t_); t_; })
 #define NF_STORE8_float(p, v) do { nf_v8f t_ = __builtin_convertvector((v), nf_v8f); memcpy((p), &t_, sizeof t_); } while (0)
 #define NF_STORE8_double(p, v) do { nf_v8d t_ = (v); memcpy((p), &t_, sizeof t_); } while (0)
@@ -106,7 +114,7 @@ static inline __attribute__((always_inline)) nf_v8d nf_h2d8(nf_v8hu h)
     memcpy(&fb, &f, 32);
     fb |= (em >= 0x7c00) & 0x7f800000;
     memcpy(&f, &fb, 32);
-    nf_v8d d = __builtin_convertvector(f, nf_v8d);
+    nf_v8d d = nf_f2d8(f);
     nf_v8l db;
     memcpy(&db, &d, 64);
     db |= __builtin_convertvector(v & 0x8000, nf_v8l) << 48;
