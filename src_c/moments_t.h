@@ -37,6 +37,26 @@ NF_CLONES static void NF_S(nf_seg_sums)(const NF_T *restrict x, int64_t n, doubl
     }
 }
 
+/* RMSNorm's sums: s2 += x * x only (lane i % NF_LANES).  Bitwise the s2 of nf_seg_sums with
+ * k = 0 (x - 0 == x), without the s1 that RMSNorm never reads: 6 instead of 10 vector operations
+ * per 16 values. */
+NF_CLONES static void NF_S(nf_seg_squares)(const NF_T *restrict x, int64_t n, double *restrict acc)
+{
+    nf_v8d b0, b1;
+    memcpy(&b0, acc + NF_LANES, 64); memcpy(&b1, acc + NF_LANES + 8, 64);
+    int64_t i = 0;
+    for (; i + NF_LANES <= n; i += NF_LANES) {
+        NF_ROW_PREFETCH(x + i);
+        nf_v8d d0 = NF_LOAD8(x + i), d1 = NF_LOAD8(x + i + 8);
+        b0 += d0 * d0; b1 += d1 * d1;
+    }
+    memcpy(acc + NF_LANES, &b0, 64); memcpy(acc + NF_LANES + 8, &b1, 64);
+    for (int j = 0; i + j < n; ++j) {
+        double d = (double)x[i + j];
+        acc[NF_LANES + j] += d * d;
+    }
+}
+
 /* Scalar math: g = dy[i]; s1 += g; s2 += g * (x[i] - m)   (lane i % NF_LANES) */
 NF_CLONES static void NF_S(nf_seg_dsums)(const NF_T *restrict x, const NF_T *restrict dy, int64_t n, double m,
                                          double *restrict acc)
@@ -152,7 +172,8 @@ static nf_mom NF_S(nf_row_moments)(const NF_T *x, int64_t n, int rms)
         const int64_t o = j * NF_CHUNK, len = n - o < NF_CHUNK ? n - o : NF_CHUNK;
         double acc[2 * NF_LANES] = {0};
         double k = rms ? 0.0 : nf_shift((double)x[o]);
-        NF_S(nf_seg_sums)(x + o, len, k, acc);
+        if (rms) NF_S(nf_seg_squares)(x + o, len, acc);
+        else NF_S(nf_seg_sums)(x + o, len, k, acc);
         p[j] = nf_lanes_finish(acc, acc + NF_LANES, (double)len, k, rms);
     }
     nf_mom r = P == 1 ? p[0] : nf_mom_merge_k(p, P, 1);
@@ -230,6 +251,7 @@ static void NF_S(nf_reduce_range)(void *vc, int64_t u0, int64_t u1)
             if (kind == NF_REDUCE_MOMENTS) k = nf_shift((double)base[b0 * L + off]);
             for (int64_t b = b0; b < b1; ++b) {
                 if (kind == NF_REDUCE_GRAD_SUMS) NF_S(nf_seg_dsums)(base + b * L + off, gbase + b * L + off, len, c->m[s], acc);
+                else if (rms) NF_S(nf_seg_squares)(base + b * L + off, len, acc);
                 else NF_S(nf_seg_sums)(base + b * L + off, len, k, acc);
             }
             const double n = (double)((b1 - b0) * len);
