@@ -263,8 +263,8 @@ def rows_backward(dy, x, M, N, mean, rstd, w, needs, gh=None, out=None):
 STAT_BLOCK = 1 << 15
 # ... and of at most ~CACHE_BLOCK bytes of output: the second pass over a block (normalization, or
 # grad_x from the block's sums) then reads its inputs from the last-level cache (32 MiB here)
-# instead of memory.  Large enough for the block's output to take streaming stores (NF_STREAM_MIN,
-# 4 MiB) and for the per-block calls (~20 us) to stay small next to the block's work.
+# instead of memory.  Large enough for the per-block calls (~20 us) to stay small next to the
+# block's work.  (A block's output, under NF_STREAM_MIN = 20 MiB, takes cached stores.)
 CACHE_BLOCK = 6 << 20
 
 
