@@ -280,6 +280,11 @@ static int NF_S(nf_rows_forward_T)(const NF_T *x, NF_T *y, int64_t M, int64_t N,
 NF_CLONES static void NF_S(nf_seg_add)(const NF_T *x, const NF_T *r, NF_T *h, int64_t n)
 {
     int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {        /* x and r read ahead as the row sums do (NF_ROW_PREFETCH) */
+        NF_ROW_PREFETCH(x + i); NF_ROW_PREFETCH(r + i);
+        NF_STORE8(h + i, NF_LOAD8(x + i) + NF_LOAD8(r + i));
+        NF_STORE8(h + i + 8, NF_LOAD8(x + i + 8) + NF_LOAD8(r + i + 8));
+    }
     for (; i + 8 <= n; i += 8) NF_STORE8(h + i, NF_LOAD8(x + i) + NF_LOAD8(r + i));
     for (; i < n; ++i) h[i] = NF_FROMD(NF_TOD(x[i]) + NF_TOD(r[i]));
 }
